@@ -1,0 +1,103 @@
+"""``maskvlp ablate``: recipes x text inits x seeds on the same data and budget, one table and a plot.
+
+Each run lives in its own folder; a run whose evaluation already exists is reused, so an interrupted
+ablation continues where it stopped. The world (data) seed stays fixed; the training seed changes the
+initialisation and the batch order.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from maskvlp.config import load_config
+from maskvlp.engine.checkpoint import atomic_write_text
+from maskvlp.engine.logging import console
+
+HEADLINE = ("img_r1", "txt_r1", "sem_img_r1", "ceiling_img_r1", "binding_colour", "binding_relation")
+
+
+def run_ablation(recipes: list[str], inits: list[str], seeds: list[int], budget: float, output_dir: str,
+                 overrides: list[str], show_progress: bool = True) -> dict:
+    from maskvlp.pipeline import pretrain_and_evaluate
+
+    out = Path(output_dir)
+    runs: dict[tuple[str, str], list[dict]] = {}
+    configs = [(r, i, s) for r in recipes for i in inits for s in seeds]
+    for n, (recipe, init, seed) in enumerate(configs, 1):
+        run_dir = out / f"{recipe}-{init}-s{seed}"
+        cfg = load_config(recipe, None, [*overrides, f"model.text.init={init}", f"train.seed={seed}",
+                                          f"train.time_budget={budget}", f"output_dir={run_dir}",
+                                          "eval.compare_random_init=false"])
+        done = run_dir / "eval" / "results.json"
+        if done.is_file():
+            console.print(f"[{n}/{len(configs)}] {run_dir.name}: reusing finished run")
+        else:
+            console.print(f"[{n}/{len(configs)}] {run_dir.name}: training for {budget:.0f} s")
+            pretrain_and_evaluate(cfg, show_progress=show_progress)
+        results = json.loads(done.read_text())["results"]
+        runs.setdefault((recipe, init), []).append(results)
+    summary = summarise(runs)
+    md = markdown(summary, budget, seeds)
+    atomic_write_text(out / "ablation.md", md)
+    atomic_write_text(out / "ablation.json", json.dumps(summary, indent=1))
+    plot(summary, out / "ablation.png")
+    console.print(md)
+    return summary
+
+
+def summarise(runs: dict[tuple[str, str], list[dict]]) -> dict:
+    """Per (recipe, init, scoring method): mean and spread (max - min) of each headline metric over seeds."""
+    summary: dict[str, dict] = {}
+    for (recipe, init), per_seed in runs.items():
+        methods = sorted({row.split(" · ", 1)[1] for results in per_seed for row in results})
+        for method in methods:
+            rows = [res[f"trained · {method}"] for res in per_seed if f"trained · {method}" in res]
+            entry = {"recipe": recipe, "init": init, "method": method, "seeds": len(rows)}
+            for key in HEADLINE:
+                values = [r[key] for r in rows if r.get(key) is not None]
+                if values:
+                    entry[key] = {"mean": statistics.fmean(values), "spread": max(values) - min(values), "values": values}
+            summary[f"{recipe} / {init} / {method}"] = entry
+    return summary
+
+
+def markdown(summary: dict, budget: float, seeds: list[int]) -> str:
+    head = "| recipe | text init | scoring | " + " | ".join(HEADLINE) + " |"
+    lines = [f"Ablation: {budget:.0f} s of training per run, seeds {', '.join(map(str, seeds))}; "
+             "mean ± spread (max - min) over seeds.", "", head, "|" + "---|" * (3 + len(HEADLINE))]
+    for entry in summary.values():
+        cells = [f"{entry[k]['mean']:.1f} ± {entry[k]['spread']:.1f}" if k in entry else "-" for k in HEADLINE]
+        lines.append(f"| {entry['recipe']} | {entry['init']} | {entry['method']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict, path: Path) -> None:
+    """Grouped bars: R@1 text->image and colour binding per run type, with the seed spread as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(summary)
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.2 * len(names)), 4.5))
+    for ax, key, title, chance in ((axes[0], "img_r1", "R@1 text→image (%)", None),
+                                   (axes[1], "binding_colour", "colour binding (%)", 50.0)):
+        means = [summary[n].get(key, {}).get("mean", 0.0) for n in names]
+        spreads = [summary[n].get(key, {}).get("spread", 0.0) / 2 for n in names]
+        ax.bar(range(len(names)), means, yerr=spreads, capsize=3, color="#4c72b0")
+        ceiling = [summary[n].get("ceiling_img_r1", {}).get("mean") for n in names if key == "img_r1"]
+        if ceiling and ceiling[0]:
+            ax.axhline(ceiling[0], color="gray", ls="--", lw=1, label="world ceiling")
+            ax.legend(loc="upper left", fontsize=8)
+        if chance:
+            ax.axhline(chance, color="red", ls=":", lw=1)
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels([n.replace(" / ", "\n") for n in names], fontsize=7)
+        ax.set_title(title)
+        ax.set_ylim(0, 100)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)

@@ -1,0 +1,315 @@
+"""Typed configuration: dataclass schemas, YAML recipes and dotted ``key=value`` overrides.
+
+OmegaConf does the merging and the type checks; this module turns its errors into one-line
+:class:`ConfigError` messages that name the key and the valid choices, so the CLI never shows a
+traceback for a user's typo.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
+
+
+class ConfigError(ValueError):
+    """A user mistake in a recipe or an override; the message is meant to be shown as is."""
+
+
+# --------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------
+@dataclass
+class VisionConfig:
+    image_size: int = 64
+    patch_size: int = 8
+    width: int = 256
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    layer_norm_eps: float = 1e-6
+    max_frames: int = 1  # >1 adds a temporal embedding (video); a picture is a one-frame video
+
+
+@dataclass
+class TextConfig:
+    init: str = "minilm"  # minilm | scratch | hf  (hf: a BERT checkpoint folder given in `checkpoint`)
+    checkpoint: Optional[str] = None  # folder with config.json + model.safetensors / pytorch_model.bin
+    vocab_size: int = 30522
+    width: int = 384
+    depth: int = 4  # unimodal text layers; the next `fusion.depth` BERT layers initialise the fusion
+    heads: int = 12
+    intermediate: int = 1536
+    max_len: int = 40
+    max_positions: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+
+
+@dataclass
+class FusionConfig:
+    mode: str = "text_to_image"  # text_to_image (ALBEF) | cross (two-way, METER/SCL) | merged (single stream, MLIM)
+    depth: int = 2
+
+
+@dataclass
+class ModelConfig:
+    size: str = "tiny"
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    embed_dim: int = 128  # ITC projection size (ALBEF: 256)
+    dropout: float = 0.0
+    temperature: float = 0.07  # initial ITC temperature (learnable, clamped to [0.001, 0.5] as in ALBEF)
+    momentum: float = 0.995  # EMA teacher momentum
+    queue_size: int = 4096  # ITC momentum queue (ALBEF: 65,536)
+
+
+FUSION_MODES = ("text_to_image", "cross", "merged")
+TEXT_INITS = ("minilm", "scratch", "hf")
+
+
+def model_size(name: str) -> ModelConfig:
+    """The registered model sizes; ``base`` is ALBEF's (ViT-B/16 + BERT-base, 6 text + 6 fusion layers)."""
+    if name == "tiny":
+        return ModelConfig(size="tiny")
+    if name == "base":
+        return ModelConfig(
+            size="base",
+            vision=VisionConfig(image_size=224, patch_size=16, width=768, depth=12, heads=12),
+            text=TextConfig(init="scratch", width=768, depth=6, heads=12, intermediate=3072, max_len=40),
+            fusion=FusionConfig(mode="text_to_image", depth=6),
+            embed_dim=256,
+            queue_size=65536,
+        )
+    if name == "small":
+        return ModelConfig(
+            size="small",
+            vision=VisionConfig(image_size=128, patch_size=16, width=384, depth=6, heads=6),
+            text=TextConfig(depth=4),
+            fusion=FusionConfig(depth=2),
+            embed_dim=256,
+            queue_size=16384,
+        )
+    raise ConfigError(f"unknown model size {name!r}; valid sizes: {', '.join(MODEL_SIZES)}")
+
+
+MODEL_SIZES = ("tiny", "small", "base")
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+@dataclass
+class WorldConfig:
+    """The procedural scene world (see maskvlp.data.synthetic)."""
+
+    seed: int = 0
+    image_size: int = 64
+    train_scenes: int = 20000
+    val_scenes: int = 500
+    test_scenes: int = 1000
+    captions_per_scene: int = 5
+    min_objects: int = 1
+    max_objects: int = 4
+    heldout_pairs: int = 3  # colour-shape combinations never seen in training
+
+
+@dataclass
+class DataConfig:
+    source: str = "synthetic"  # synthetic | json
+    world: WorldConfig = field(default_factory=WorldConfig)
+    train_json: list[str] = field(default_factory=list)  # ALBEF-style [{"image", "caption"}] files
+    image_root: str = ""  # prefix for relative image paths in the JSON files
+    crop_scale_min: float = 0.5  # RandomResizedCrop lower bound on user data (ALBEF: 0.2)
+    hflip: bool = False  # off by default: a flip makes "left of" captions false
+    max_bad_fraction: float = 0.05  # stop with a clear message when more samples than this are unreadable
+    num_workers: int = 0
+
+
+DATA_SOURCES = ("synthetic", "json")
+
+
+# --------------------------------------------------------------------------------------------
+# Objectives and recipes
+# --------------------------------------------------------------------------------------------
+@dataclass
+class ObjectiveConfig:
+    name: str = MISSING
+    weight: float = 1.0
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+@dataclass
+class TrainConfig:
+    batch_size: int = 64  # global batch (split across ranks)
+    grad_accum: int = 1
+    lr: float = 3e-4
+    text_lr: float = 1e-4  # for the pretrained text/fusion layers (ALBEF fine-tunes BERT at 1e-4)
+    weight_decay: float = 0.02
+    warmup_steps: int = 100
+    max_steps: int = 3000
+    time_budget: float = 0.0  # seconds of training; > 0 ends training when spent (schedule follows it)
+    min_lr_ratio: float = 0.05
+    grad_clip: float = 5.0
+    precision: str = "auto"  # auto | fp32 | bf16
+    seed: int = 0
+    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    log_every: int = 10
+    ckpt_every: int = 200  # steps; a checkpoint is also written at the end
+    keep_checkpoints: int = 2
+    max_nonfinite: int = 3  # consecutive non-finite losses tolerated (step skipped) before stopping
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass
+class EvalConfig:
+    split: str = "test"
+    num_images: int = 1000
+    itm_k: int = 16  # ITC shortlist re-ranked by ITM
+    batch_size: int = 128
+    test_json: str = ""  # Karpathy-style test file [{"image", "caption": [..]}] for user data
+    image_root: str = ""
+    compare_random_init: bool = True
+
+
+@dataclass
+class RunConfig:
+    recipe: str = "albef"
+    output_dir: str = "runs/albef-tiny"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    objectives: list[ObjectiveConfig] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+def recipe_names() -> list[str]:
+    folder = resources.files("maskvlp") / "recipes"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _recipe_text(recipe: str) -> str:
+    path = Path(recipe)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ConfigError(f"recipe file {recipe} does not exist")
+        return path.read_text()
+    names = recipe_names()
+    if recipe not in names:
+        raise ConfigError(f"unknown recipe {recipe!r}; valid recipes: {', '.join(names)} (or a path to a .yaml file)")
+    return (resources.files("maskvlp") / "recipes" / f"{recipe}.yaml").read_text()
+
+
+def _friendly(err: OmegaConfBaseException, schema: Any) -> ConfigError:
+    key = getattr(err, "full_key", None) or ""
+    msg = str(err).splitlines()[0]
+    if isinstance(err, (ConfigAttributeError, ConfigKeyError)):
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        node = OmegaConf.select(schema, parent) if parent else schema
+        valid = sorted(node.keys()) if OmegaConf.is_dict(node) else []
+        hint = f"; valid keys{' under ' + parent if parent else ''}: {', '.join(map(str, valid))}" if valid else ""
+        return ConfigError(f"unknown config key {key!r}{hint}")
+    if isinstance(err, ValidationError):
+        return ConfigError(f"bad value for {key!r}: {msg}")
+    return ConfigError(f"config error at {key!r}: {msg}")
+
+
+def _parse_overrides(overrides: list[str]) -> list[str]:
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.lr=1e-4)")
+    return list(overrides)
+
+
+def load_config(recipe: str = "albef", size: str | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Build the run config: schema defaults < model size < recipe YAML < ``key=value`` overrides."""
+    import yaml
+
+    try:
+        recipe_yaml = yaml.safe_load(_recipe_text(recipe)) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"recipe {recipe} is not valid YAML: {err}") from None
+    if not isinstance(recipe_yaml, dict):
+        raise ConfigError(f"recipe {recipe} must be a YAML mapping")
+    size = size or recipe_yaml.get("model", {}).get("size", "tiny")
+    base = RunConfig(recipe=Path(recipe).stem, output_dir=f"runs/{Path(recipe).stem}-{size}")
+    base.model = model_size(size)
+    schema = OmegaConf.structured(base)
+    try:
+        recipe_yaml.setdefault("model", {})["size"] = size
+        merged = OmegaConf.merge(schema, OmegaConf.create(recipe_yaml))
+        if overrides:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(_parse_overrides(overrides)))
+        cfg: RunConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as err:
+        raise _friendly(err, schema) from None
+    validate(cfg)
+    return cfg
+
+
+def _choice(key: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ConfigError(f"bad value for {key!r}: {value!r}; valid choices: {', '.join(valid)}")
+
+
+def validate(cfg: RunConfig) -> None:
+    """Checks OmegaConf cannot express: choices, ranges and cross-field consistency."""
+    from maskvlp.objectives import objective_names  # late import: objectives import config
+
+    _choice("model.fusion.mode", cfg.model.fusion.mode, FUSION_MODES)
+    _choice("model.text.init", cfg.model.text.init, TEXT_INITS)
+    _choice("train.precision", cfg.train.precision, PRECISIONS)
+    _choice("data.source", cfg.data.source, DATA_SOURCES)
+    if cfg.model.text.init == "hf" and not cfg.model.text.checkpoint:
+        raise ConfigError("model.text.init=hf needs model.text.checkpoint=<folder of a HF BERT checkpoint>")
+    if cfg.model.vision.image_size % cfg.model.vision.patch_size:
+        raise ConfigError("model.vision.image_size must be a multiple of model.vision.patch_size")
+    for key, value in (("train.batch_size", cfg.train.batch_size), ("train.grad_accum", cfg.train.grad_accum)):
+        if value < 1:
+            raise ConfigError(f"bad value for {key!r}: {value}; must be >= 1")
+    if cfg.data.source == "json" and not cfg.data.train_json:
+        raise ConfigError("data.source=json needs data.train_json=[file.json,...]")
+    if not cfg.objectives:
+        raise ConfigError("the recipe lists no objectives")
+    valid = objective_names()
+    for i, obj in enumerate(cfg.objectives):
+        _choice(f"objectives.{i}.name", obj.name, tuple(valid))
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """``key=value`` overrides on an existing config (e.g. a checkpoint's), with the same checks."""
+    schema = OmegaConf.structured(cfg)
+    try:
+        merged = OmegaConf.merge(schema, OmegaConf.from_dotlist(_parse_overrides(list(overrides))))
+        out: RunConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as err:
+        raise _friendly(err, schema) from None
+    validate(out)
+    return out
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def from_yaml(text: str) -> RunConfig:
+    """Reload a config saved with a checkpoint (no size/recipe defaults re-applied)."""
+    merged = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.create(text))
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+
+
+def as_dict(obj: Any) -> dict:
+    return dataclasses.asdict(obj)

@@ -1,0 +1,57 @@
+"""AdamW parameter groups and the warm-up + cosine schedule.
+
+The schedule is a pure function of (step, total steps), so resuming needs only those two numbers;
+``total`` can be set after a short calibration when training runs to a wall-clock budget.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from maskvlp.config import TrainConfig
+from maskvlp.models.vlp import VLPModel
+
+NO_DECAY_HINTS = ("bias", "norm", "pos_embed", "cls_token", "mask_token", "position_embeddings",
+                  "token_type_embeddings", "temp", "modality")
+
+
+def make_optimizer(root: torch.nn.Module, model: VLPModel, cfg: TrainConfig, pretrained_text: bool) -> torch.optim.AdamW:
+    """AdamW with no decay on biases/norms/position tables; pretrained text and fusion at ``text_lr``.
+
+    ALBEF fine-tunes its BERT at 1e-4; a vision tower trained from scratch wants more.
+    """
+    slow = set()
+    if pretrained_text:
+        slow = {id(p) for p in model.text.parameters()}
+        if model.fusion is not None:
+            slow |= {id(p) for p in model.fusion.parameters()}
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    seen: set[int] = set()
+    for name, p in root.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        decay = p.ndim >= 2 and not any(h in name for h in NO_DECAY_HINTS)
+        groups.setdefault((id(p) in slow, decay), []).append(p)
+    param_groups = [
+        {"params": ps, "weight_decay": cfg.weight_decay if decay else 0.0,
+         "base_lr": cfg.text_lr if is_slow else cfg.lr, "lr": cfg.text_lr if is_slow else cfg.lr}
+        for (is_slow, decay), ps in sorted(groups.items())
+    ]
+    return torch.optim.AdamW(param_groups, betas=(0.9, 0.98), eps=1e-6)
+
+
+def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Linear warm-up to 1, then cosine to ``min_ratio`` at ``total``."""
+    warmup = min(warmup, max(1, total // 5))
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> float:
+    for group in optimizer.param_groups:
+        group["lr"] = group["base_lr"] * factor
+    return optimizer.param_groups[-1]["lr"]

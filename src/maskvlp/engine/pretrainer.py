@@ -1,0 +1,41 @@
+"""The training module: a model plus the recipe's weighted objectives.
+
+Objectives are children of this module, so their state (queues, centres) is checkpointed with the
+model, and DDP wraps the whole thing.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from maskvlp.config import RunConfig
+from maskvlp.models.vlp import VLPModel, build_model
+from maskvlp.objectives import build_objective
+from maskvlp.objectives.context import Batch, StepContext, TextSpecials
+
+
+class Pretrainer(nn.Module):
+    def __init__(self, cfg: RunConfig, specials: TextSpecials, load_pretrained: bool = True):
+        super().__init__()
+        objectives: dict[str, nn.Module] = {}
+        self.weights: dict[str, float] = {}
+        for spec in cfg.objectives:
+            key = spec.name if spec.name not in objectives else f"{spec.name}_{len(objectives)}"
+            objectives[key] = build_objective(spec.name, cfg.model, dict(spec.params))
+            self.weights[key] = float(spec.weight)
+        needs: set[str] = set().union(*(o.required_parts() for o in objectives.values()))
+        self.model: VLPModel = build_model(cfg.model, needs, load_pretrained=load_pretrained)
+        self.objectives = nn.ModuleDict(objectives)
+        self.specials = specials
+        self.seed = cfg.train.seed
+
+    def forward(self, batch: Batch, step: int, micro: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
+        ctx = StepContext(self.model, batch, step, self.seed, self.specials, micro)
+        total = torch.zeros((), device=batch.images.device)
+        metrics: dict[str, float] = {}
+        for key, objective in self.objectives.items():
+            out = objective(ctx)
+            total = total + self.weights[key] * out.loss
+            metrics[f"loss_{key}"] = float(out.loss.detach())
+            metrics.update(out.metrics)
+        return total, metrics

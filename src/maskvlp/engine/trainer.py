@@ -1,0 +1,239 @@
+"""The pre-training loop: one process or ``torchrun`` DDP, exact resume, wall-clock budgets.
+
+A run is deterministic given its config: model init from ``train.seed``, micro-batch ``d`` from
+(seed, d), every mask and negative from (seed, step, purpose). So "train N steps" and "train k,
+kill, resume, train N-k" produce the same weights, and 2 processes draw what 1 process draws.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from maskvlp.config import RunConfig, to_yaml
+from maskvlp.engine import checkpoint as ckpt
+from maskvlp.engine.batches import DataError, StepBatches, StepSampler
+from maskvlp.engine.distributed import DistInfo, barrier, init_distributed, reduce_mean
+from maskvlp.engine.logging import MetricsLogger, TrainProgress, console
+from maskvlp.engine.optim import lr_factor, make_optimizer, set_lr
+from maskvlp.engine.precision import autocast, resolve_precision
+from maskvlp.engine.pretrainer import Pretrainer
+from maskvlp.objectives.context import Batch, TextSpecials
+
+CALIBRATE_AT = (20, 60)  # steps after which a time budget is converted into a step count
+
+
+class TrainingDiverged(RuntimeError):
+    """Losses stayed non-finite; no checkpoint was written from the diverged weights."""
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    checkpoint: Path | None
+    steps: int
+    seconds: float
+    samples: int
+    losses: list[float]
+    bad_samples: int
+
+
+def text_specials(tokenizer: Any) -> TextSpecials:
+    return TextSpecials(tokenizer.pad_id, tokenizer.mask_id, tokenizer.vocab_size,
+                        torch.tensor(sorted(tokenizer.special_ids), dtype=torch.long))
+
+
+def build_pretrain_dataset(cfg: RunConfig, progress: Callable[[int, int], None] | None = None):
+    """The training set named by ``data.source``: the synthetic world or ALBEF-style JSON files."""
+    from maskvlp.data import datasets
+
+    if cfg.data.source == "synthetic":
+        from maskvlp.data.synthetic import SyntheticWorld
+
+        world_cfg = dataclasses.replace(cfg.data.world, image_size=cfg.model.vision.image_size)
+        return datasets.SyntheticPretrainDataset(SyntheticWorld(world_cfg), split="train", seed=cfg.train.seed,
+                                                 progress=progress)
+    return datasets.AlbefJsonDataset(cfg.data.train_json, cfg.data.image_root, cfg.model.vision.image_size,
+                                     cfg.data.crop_scale_min, cfg.data.hflip, seed=cfg.train.seed)
+
+
+def _to_batch(raw: dict, device: torch.device, global_size: int, pad_id: int) -> Batch:
+    ids, mask = raw["input_ids"], raw["attention_mask"]
+    if dist.is_initialized():  # equal text length on every rank, so features can be gathered
+        length = torch.tensor([ids.shape[1]])
+        dist.all_reduce(length, op=dist.ReduceOp.MAX)
+        pad = int(length) - ids.shape[1]
+        if pad:
+            ids = torch.nn.functional.pad(ids, (0, pad), value=pad_id)
+            mask = torch.nn.functional.pad(mask, (0, pad), value=0)
+    return Batch(raw["images"], ids, mask, raw["image_keys"], global_size).to(device)
+
+
+def _all_finite(loss: torch.Tensor) -> bool:
+    flag = torch.tensor([1.0 if bool(torch.isfinite(loss)) else 0.0])
+    if dist.is_initialized():
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item() == 1.0)
+
+
+def train(cfg: RunConfig, resume: str | None = None, show_progress: bool = True,
+          stop_after: int | None = None) -> TrainResult:
+    """Pre-train per ``cfg``; ``resume`` is ``latest`` or a checkpoint path. ``stop_after`` ends the
+    run early after that many optimizer steps (as a kill would), leaving the schedule untouched."""
+    from maskvlp.data.datasets import collate_pretrain
+    from maskvlp.data.tokenizer import load_tokenizer
+
+    info: DistInfo = init_distributed()
+    tc = cfg.train
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    device = torch.device(f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu")
+    out = Path(cfg.output_dir)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        ckpt.atomic_write_text(out / "config.yaml", to_yaml(cfg))
+    precision = resolve_precision(tc.precision, device)
+
+    tokenizer = load_tokenizer()
+    specials = text_specials(tokenizer)
+    with console.status("building the training set", spinner="dots") if info.is_main and show_progress else contextlib.nullcontext():
+        dataset = build_pretrain_dataset(cfg)
+    torch.manual_seed(tc.seed)
+    module = Pretrainer(cfg, specials, load_pretrained=resume is None).to(device)
+    optimizer = make_optimizer(module, module.model, tc, pretrained_text=cfg.model.text.init != "scratch")
+
+    progress_state: dict[str, Any] = {"step": 0, "total": tc.max_steps, "elapsed": 0.0, "bad": 0, "seen": 0}
+    if resume is not None:
+        path = ckpt.resolve_checkpoint(resume, out)
+        ckpt.load_weights(path, module)
+        saved = ckpt.load_state(path)
+        optimizer.load_state_dict(saved["optimizer"])
+        progress_state.update(saved["progress"])
+        torch.set_rng_state(saved["rng_cpu"])
+        if info.is_main and show_progress:
+            console.print(f"resumed from {path} at step {progress_state['step']}")
+    ddp = DistributedDataParallel(module) if info.world_size > 1 else module
+
+    micro = tc.batch_size // tc.grad_accum
+    if tc.batch_size % tc.grad_accum:
+        raise DataError(f"train.batch_size={tc.batch_size} is not divisible by train.grad_accum={tc.grad_accum}")
+    collate = functools.partial(collate_pretrain, tokenizer=tokenizer, max_len=cfg.model.text.max_len)
+    batches = StepBatches(dataset, micro, tc.seed, info, collate)
+    start = int(progress_state["step"])
+    loader = torch.utils.data.DataLoader(
+        batches, batch_size=None, sampler=StepSampler(start * tc.grad_accum, tc.max_steps * tc.grad_accum),
+        num_workers=cfg.data.num_workers, persistent_workers=False)
+
+    logger = MetricsLogger(out, info.is_main, resume_step=start if resume else None)
+    bar = TrainProgress(int(progress_state["total"]), info.is_main and show_progress, start=start)
+    step, total = start, int(progress_state["total"])
+    elapsed0, t0 = float(progress_state["elapsed"]), time.monotonic()
+    step_times: list[float] = []
+    losses: list[float] = []
+    nonfinite = 0
+    last_ckpt: Path | None = None
+    data_iter = iter(loader)
+    module.train()
+    try:
+        while step < total:
+            t_step = time.monotonic()
+            set_lr(optimizer, lr_factor(step, total, tc.warmup_steps, tc.min_lr_ratio))
+            optimizer.zero_grad(set_to_none=True)
+            step_loss, metrics = 0.0, {}
+            for m in range(tc.grad_accum):
+                raw = next(data_iter)
+                progress_state["bad"] += raw["num_bad"]
+                progress_state["seen"] += raw["num_seen"]
+                batch = _to_batch(raw, device, micro, specials.pad_id)
+                with autocast(precision, device):
+                    loss, metrics = ddp(batch, step, m)
+                (loss / tc.grad_accum).backward()
+                step_loss += float(reduce_mean(loss)) / tc.grad_accum
+            _check_bad_fraction(progress_state, cfg.data.max_bad_fraction)
+            if not _all_finite(torch.tensor(step_loss)):
+                nonfinite += 1
+                optimizer.zero_grad(set_to_none=True)
+                if nonfinite > tc.max_nonfinite:
+                    raise TrainingDiverged(f"loss was non-finite for {nonfinite} steps in a row at step {step}; "
+                                           "lower train.lr or raise train.warmup_steps")
+                step += 1
+                continue
+            nonfinite = 0
+            grad_norm = torch.nn.utils.clip_grad_norm_(module.model.student_parameters(), tc.grad_clip) if tc.grad_clip > 0 else torch.tensor(0.0)
+            optimizer.step()
+            module.model.update_teacher()
+            step += 1
+            losses.append(step_loss)
+            dt = time.monotonic() - t_step
+            step_times.append(dt)
+            elapsed = elapsed0 + time.monotonic() - t0
+            if tc.time_budget > 0:
+                total = _calibrated_total(step, total, tc, elapsed, step_times)
+                bar.set_total(total)
+            if step % tc.log_every == 0 or step == total:
+                logger.log(step, {"loss": step_loss, **metrics, "lr": optimizer.param_groups[-1]["lr"],
+                                  "grad_norm": float(grad_norm), "samples_per_s": tc.batch_size / dt,
+                                  "elapsed_s": elapsed, "bad_samples": progress_state["bad"]})
+            bar.update(step, f"loss {step_loss:.3f} · {tc.batch_size / dt:.0f} samples/s")
+            progress_state.update(step=step, total=total, elapsed=elapsed)
+            done = step >= total or (tc.time_budget > 0 and elapsed >= tc.time_budget)
+            if step % tc.ckpt_every == 0 or done or (stop_after is not None and step - start >= stop_after):
+                last_ckpt = _save(out, step, module, optimizer, progress_state, cfg, info)
+            if done:
+                total = step
+                break
+            if stop_after is not None and step - start >= stop_after:
+                break
+    finally:
+        bar.close()
+        logger.close()
+    seconds = time.monotonic() - t0
+    if info.is_main:
+        _plot(out)
+    return TrainResult(out, last_ckpt, step, seconds, (step - start) * tc.batch_size, losses, progress_state["bad"])
+
+
+def _calibrated_total(step: int, total: int, tc, elapsed: float, step_times: list[float]) -> int:
+    """Turn the remaining wall-clock budget into steps, so the cosine schedule ends on time."""
+    if step not in CALIBRATE_AT or len(step_times) < 10:
+        return total
+    per_step = sum(step_times[5:]) / len(step_times[5:])
+    return max(step + 1, min(tc.max_steps, step + int((tc.time_budget - elapsed) / per_step)))
+
+
+def _check_bad_fraction(state: dict, limit: float) -> None:
+    seen, bad = state["seen"], state["bad"]
+    if seen >= 200 and bad / seen > limit:
+        raise DataError(f"{bad} of {seen} samples were unreadable ({100 * bad / seen:.1f}% > data.max_bad_fraction="
+                        f"{100 * limit:.1f}%); run `maskvlp data check` or fix the image paths")
+
+
+def _save(out: Path, step: int, module: Pretrainer, optimizer, state: dict, cfg: RunConfig, info: DistInfo) -> Path | None:
+    path = None
+    if info.is_main:
+        bad = [n for n, p in module.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
+        if bad:
+            raise TrainingDiverged(f"non-finite values in {bad[:5]}; checkpoint not written")
+        payload = {"optimizer": optimizer.state_dict(), "progress": dict(state), "rng_cpu": torch.get_rng_state()}
+        path = ckpt.save_checkpoint(out, step, module, payload, to_yaml(cfg), {"recipe": cfg.recipe},
+                                    keep=cfg.train.keep_checkpoints)
+    barrier()
+    return path if info.is_main else ckpt.resolve_checkpoint("latest", out)
+
+
+def _plot(out: Path) -> None:
+    try:
+        from maskvlp.eval.report import plot_curves
+
+        plot_curves(out / "metrics.jsonl", out / "loss_curves.png")
+    except Exception as err:  # a plot must never lose a finished run
+        console.print(f"[yellow]could not plot the loss curves: {err}")
+

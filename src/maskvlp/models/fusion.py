@@ -1,0 +1,105 @@
+"""Multimodal fusion encoders: how text and image tokens meet.
+
+Modes (``FusionConfig.mode``):
+
+* ``text_to_image`` (ALBEF): post-norm blocks over the text with cross-attention to the image
+  tokens; only text states come out.
+* ``cross`` (METER / SCL two-way co-attention): image tokens are projected to the text width; each
+  layer has a text block (self-attn, cross-attn to image, MLP) and an image block (self-attn,
+  cross-attn to text, MLP), both reading the *previous* layer's output of the other stream.
+* ``merged`` (MLIM single stream): image tokens projected to the text width, a learned modality
+  embedding added to each stream, [text; image] concatenated through self-attention blocks, split back.
+
+In every mode ``self.blocks[i]`` is the text-stream (or single-stream) block that BERT layer
+``text.depth + i`` initialises: its ``attn``/``norm1``/``mlp``/``norm2`` have the same names as in
+the text encoder. Cross-attention, the image stream and the projections start fresh (as in ALBEF).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from maskvlp.config import FUSION_MODES
+from maskvlp.models.transformer import Block, init_weights
+
+
+@dataclass
+class FusionOutput:
+    text: Tensor  # (B, Lt, text_width)
+    image: Tensor | None  # (B, Li, text_width) in ``cross`` and ``merged`` modes, else None
+
+
+class FusionEncoder(nn.Module):
+    """Fuses text states (B, Lt, text_width) with image tokens (B, Li, image_width); see the module docstring."""
+
+    def __init__(
+        self,
+        mode: str,
+        depth: int,
+        text_width: int,
+        image_width: int,
+        heads: int,
+        intermediate: int,
+        eps: float = 1e-12,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        if mode not in FUSION_MODES:
+            raise ValueError(f"unknown fusion mode {mode!r}; valid: {', '.join(FUSION_MODES)}")
+        self.mode = mode
+        self.depth = depth
+        self.text_width = text_width
+
+        def block(cross_kv_dim: int | None) -> Block:
+            return Block(text_width, heads, intermediate, cross_kv_dim=cross_kv_dim, pre_norm=False, eps=eps, dropout=dropout)
+
+        self.image_proj: nn.Linear | None = None
+        self.image_blocks: nn.ModuleList | None = None
+        self.modality_embed: nn.Parameter | None = None
+        if mode == "text_to_image":
+            self.blocks = nn.ModuleList(block(image_width) for _ in range(depth))
+        elif mode == "cross":
+            self.image_proj = nn.Linear(image_width, text_width)
+            self.blocks = nn.ModuleList(block(text_width) for _ in range(depth))
+            self.image_blocks = nn.ModuleList(block(text_width) for _ in range(depth))
+        else:  # merged
+            self.image_proj = nn.Linear(image_width, text_width)
+            self.modality_embed = nn.Parameter(torch.zeros(2, text_width))  # row 0: text, row 1: image
+            self.blocks = nn.ModuleList(block(None) for _ in range(depth))
+        self.apply(init_weights)
+        if self.modality_embed is not None:
+            nn.init.trunc_normal_(self.modality_embed, std=0.02, a=-0.04, b=0.04)
+
+    def forward(self, text: Tensor, text_mask: Tensor, image: Tensor, image_mask: Tensor | None = None) -> FusionOutput:
+        """text_mask (B, Lt) 1/True = real token; image_mask (B, Li) or None = every image token is real."""
+        text_mask = text_mask.to(torch.bool)
+        image_mask = None if image_mask is None else image_mask.to(torch.bool)
+        if self.mode == "text_to_image":
+            x = text
+            for blk in self.blocks:
+                x = blk(x, mask=text_mask, context=image, context_mask=image_mask)
+            return FusionOutput(text=x, image=None)
+
+        assert self.image_proj is not None
+        img = self.image_proj(image)
+        if self.mode == "cross":
+            assert self.image_blocks is not None
+            t = text
+            for tblk, iblk in zip(self.blocks, self.image_blocks):
+                t, img = (
+                    tblk(t, mask=text_mask, context=img, context_mask=image_mask),
+                    iblk(img, mask=image_mask, context=t, context_mask=text_mask),
+                )
+            return FusionOutput(text=t, image=img)
+
+        assert self.modality_embed is not None
+        lt = text.shape[1]
+        if image_mask is None:
+            image_mask = torch.ones(img.shape[:2], dtype=torch.bool, device=img.device)
+        x = torch.cat([text + self.modality_embed[0], img + self.modality_embed[1]], dim=1)
+        mask = torch.cat([text_mask, image_mask], dim=1)
+        for blk in self.blocks:
+            x = blk(x, mask=mask)
+        return FusionOutput(text=x[:, :lt], image=x[:, lt:])

@@ -1,0 +1,191 @@
+"""Transformer parts shared by the vision, text and fusion encoders.
+
+One attention module serves self- and cross-attention, and one block serves both the pre-norm
+layout of ViT and the post-norm layout of BERT, so a single set of parameter names holds every
+encoder and the BERT converter (:mod:`maskvlp.models.pretrained`) has one mapping to maintain.
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+AttentionRequest = Union[bool, Literal["self", "cross"]]
+
+
+def _key_mask(mask: Tensor | None) -> Tensor | None:
+    """(B, Lk) key-padding mask (True/1 = attend) -> bool (B, 1, 1, Lk), broadcast over heads and queries."""
+    if mask is None:
+        return None
+    return mask.to(torch.bool)[:, None, None, :]
+
+
+class Attention(nn.Module):
+    """Multi-head attention; ``kv_dim`` set makes it cross-attention over a context of another width.
+
+    ``query``/``key``/``value``/``out`` are separate Linear layers because BERT checkpoints store
+    them separately. Dropout is applied to the attention probabilities and to the output
+    projection (BERT's ``attention_probs_dropout_prob`` and ``hidden_dropout_prob``).
+    """
+
+    def __init__(self, dim: int, heads: int, kv_dim: int | None = None, bias: bool = True, dropout: float = 0.0):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"attention width {dim} is not divisible by {heads} heads")
+        kv_dim = dim if kv_dim is None else kv_dim
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.dropout = dropout
+        self.query = nn.Linear(dim, dim, bias=bias)
+        self.key = nn.Linear(kv_dim, dim, bias=bias)
+        self.value = nn.Linear(kv_dim, dim, bias=bias)
+        self.out = nn.Linear(dim, dim, bias=bias)
+        self.out_drop = nn.Dropout(dropout)
+
+    def _split(self, x: Tensor) -> Tensor:
+        b, n, _ = x.shape
+        return x.view(b, n, self.heads, self.head_dim).transpose(1, 2)
+
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        mask: Tensor | None = None,
+        return_attention: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """x: (B, Lq, dim); context: (B, Lk, kv_dim) or None for self-attention; mask: (B, Lk), True = attend.
+
+        Returns (B, Lq, dim), or ``(out, weights)`` with weights (B, heads, Lq, Lk) when
+        ``return_attention`` (explicit softmax path, slower, used for teacher attention maps).
+        """
+        context = x if context is None else context
+        q, k, v = self._split(self.query(x)), self._split(self.key(context)), self._split(self.value(context))
+        key_mask = _key_mask(mask)
+        p = self.dropout if self.training else 0.0
+        weights = None
+        if return_attention:
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
+            if key_mask is not None:
+                scores = scores.masked_fill(~key_mask, torch.finfo(scores.dtype).min)
+            weights = scores.softmax(dim=-1)
+            if key_mask is not None:  # a row with no key to attend gives zeros, as the SDPA path does
+                weights = weights * key_mask
+            y = F.dropout(weights, p=p, training=self.training) @ v
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=p)
+        b, _, lq, _ = y.shape
+        y = self.out_drop(self.out(y.transpose(1, 2).reshape(b, lq, self.heads * self.head_dim)))
+        return (y, weights) if return_attention else y
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: fc1 -> exact (erf) GELU, as BERT's "gelu" -> fc2 -> dropout."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.fc2(self.act(self.fc1(x))))
+
+
+class Block(nn.Module):
+    """Self-attention, optional cross-attention, MLP; pre-norm (ViT) or post-norm (BERT).
+
+    Pre-norm:  x += attn(norm1(x)); x += cross(norm_cross(x), ctx); x += mlp(norm2(x)).
+    Post-norm: x = norm1(x + attn(x)); x = norm_cross(x + cross(x, ctx)); x = norm2(x + mlp(x)).
+    ``cross``/``norm_cross`` exist only when ``cross_kv_dim`` is given.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        mlp_hidden: int,
+        cross_kv_dim: int | None = None,
+        pre_norm: bool = True,
+        eps: float = 1e-6,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.pre_norm = pre_norm
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = Attention(dim, heads, dropout=dropout)
+        self.cross: Attention | None = None
+        self.norm_cross: nn.LayerNorm | None = None
+        if cross_kv_dim is not None:
+            self.norm_cross = nn.LayerNorm(dim, eps=eps)
+            self.cross = Attention(dim, heads, kv_dim=cross_kv_dim, dropout=dropout)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = MLP(dim, mlp_hidden, dropout=dropout)
+
+    @staticmethod
+    def _call(attn: Attention, x: Tensor, ctx: Tensor | None, mask: Tensor | None, want: bool) -> tuple[Tensor, Tensor | None]:
+        if want:
+            return attn(x, ctx, mask, return_attention=True)
+        return attn(x, ctx, mask), None
+
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        context: Tensor | None = None,
+        context_mask: Tensor | None = None,
+        return_attention: AttentionRequest = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """x: (B, L, dim); mask: (B, L) over x's keys; context/context_mask: the cross-attention input.
+
+        ``return_attention``: False -> the output tensor; True or ``"self"`` -> ``(out, self-attention
+        weights (B, heads, L, L))``; ``"cross"`` -> ``(out, cross-attention weights (B, heads, L, Lc))``.
+        """
+        want_cross = return_attention == "cross"
+        want_self = bool(return_attention) and not want_cross
+        if self.cross is not None and context is None:
+            raise ValueError("this block has cross-attention: pass `context`")
+        if want_cross and self.cross is None:
+            raise ValueError("return_attention='cross' on a block without cross-attention")
+
+        if self.pre_norm:
+            a, w_self = self._call(self.attn, self.norm1(x), None, mask, want_self)
+            x = x + a
+            w_cross = None
+            if self.cross is not None:
+                c, w_cross = self._call(self.cross, self.norm_cross(x), context, context_mask, want_cross)
+                x = x + c
+            x = x + self.mlp(self.norm2(x))
+        else:
+            a, w_self = self._call(self.attn, x, None, mask, want_self)
+            x = self.norm1(x + a)
+            w_cross = None
+            if self.cross is not None:
+                c, w_cross = self._call(self.cross, x, context, context_mask, want_cross)
+                x = self.norm_cross(x + c)
+            x = self.norm2(x + self.mlp(x))
+
+        if want_cross:
+            return x, w_cross
+        if want_self:
+            return x, w_self
+        return x
+
+
+def init_weights(module: nn.Module, std: float = 0.02) -> None:
+    """BERT/ViT initialisation for a freshly built encoder: truncated normal weights, zero biases.
+
+    Use with ``model.apply(init_weights)``; LayerNorms get weight 1, bias 0.
+    """
+    if isinstance(module, (nn.Linear, nn.Conv2d)):
+        nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

@@ -1,0 +1,136 @@
+"""Vision Transformer with the two masking paths masked-modeling methods need.
+
+* ``mask``: masked patches are replaced by a learned ``mask_token`` before positions are added, so
+  the encoder still sees every position and knows where the holes are (BEiT / MLIM / MAMO style).
+* ``keep_idx``: only the kept patches enter the encoder, after positions are added (MAE / FLIP
+  style); this is the cheap path since attention cost falls with the square of the kept count.
+
+Video: with ``cfg.max_frames > 1`` the input may be (B, T, 3, H, W); the patch tokens of all frames
+are concatenated (frame-major) and each frame's tokens get its temporal embedding. A (B, 3, H, W)
+picture is a one-frame video. ``mask`` and ``keep_idx`` index that concatenated sequence, so for
+pictures they index the N patches directly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from maskvlp.config import VisionConfig
+from maskvlp.models.transformer import Block, init_weights
+
+
+@dataclass
+class VisionOutput:
+    tokens: Tensor  # (B, 1 + K, D) with keep_idx, else (B, 1 + T*N, D); CLS first, final LayerNorm applied
+    keep_idx: Tensor | None  # (B, K) indices of the kept patches, as given
+    attention: Tensor | None = None  # last block's self-attention (B, heads, L, L) when asked for
+
+
+def random_keep_indices(
+    batch: int,
+    num_patches: int,
+    keep: int,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """(batch, keep) indices of a uniformly random subset of patches per row, sorted ascending.
+
+    Sorted so that kept tokens stay in raster order (harmless for attention, handy for debugging
+    and for gathering targets in the same order).
+    """
+    if not 0 < keep <= num_patches:
+        raise ValueError(f"keep must be in [1, {num_patches}], got {keep}")
+    if device is None and generator is not None:
+        device = generator.device
+    noise = torch.rand(batch, num_patches, generator=generator, device=device)
+    return noise.argsort(dim=1)[:, :keep].sort(dim=1).values
+
+
+class VisionTransformer(nn.Module):
+    """ViT encoder: Conv2d patch embedding, CLS token, learned positions, pre-norm blocks, final LayerNorm."""
+
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        if cfg.image_size % cfg.patch_size:
+            raise ValueError("image_size must be a multiple of patch_size")
+        self.cfg = cfg
+        self.width = cfg.width
+        self.grid = cfg.image_size // cfg.patch_size
+        d = cfg.width
+        self.patch_embed = nn.Conv2d(3, d, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.num_patches, d))
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.temporal_embed = nn.Parameter(torch.zeros(1, cfg.max_frames, d)) if cfg.max_frames > 1 else None
+        hidden = int(d * cfg.mlp_ratio)
+        self.blocks = nn.ModuleList(
+            Block(d, cfg.heads, hidden, pre_norm=True, eps=cfg.layer_norm_eps) for _ in range(cfg.depth)
+        )
+        self.norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
+        self.apply(init_weights)
+        for p in (self.cls_token, self.pos_embed, self.mask_token, self.temporal_embed):
+            if p is not None:
+                nn.init.trunc_normal_(p, std=0.02, a=-0.04, b=0.04)
+
+    @property
+    def num_patches(self) -> int:
+        """Patches per frame (N); a T-frame input has T*N patch tokens."""
+        return self.grid * self.grid
+
+    def _frames(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) or (B, T, 3, H, W) -> (B, T, 3, H, W), with clear errors for wrong inputs."""
+        if images.dim() == 4:
+            images = images.unsqueeze(1)
+        if images.dim() != 5 or images.shape[2] != 3:
+            raise ValueError(f"expected images (B, 3, H, W) or (B, T, 3, H, W), got {tuple(images.shape)}")
+        t, h, w = images.shape[1], images.shape[-2], images.shape[-1]
+        if t > self.cfg.max_frames:
+            raise ValueError(f"{t} frames given, model.vision.max_frames is {self.cfg.max_frames}")
+        if h != self.cfg.image_size or w != self.cfg.image_size:
+            raise ValueError(f"expected {self.cfg.image_size}x{self.cfg.image_size} images, got {h}x{w}")
+        return images
+
+    def embed_patches(self, images: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Patch tokens with positions (and temporal embedding) added: (B, T*N, D); no CLS.
+
+        ``mask`` (B, T*N) True = replace that patch by ``mask_token`` (before positions).
+        """
+        images = self._frames(images)
+        b, t = images.shape[:2]
+        x = self.patch_embed(images.flatten(0, 1)).flatten(2).transpose(1, 2)  # (B*T, N, D)
+        x = x.reshape(b, t * self.num_patches, self.width)
+        if mask is not None:
+            if mask.shape != x.shape[:2]:
+                raise ValueError(f"mask must be (B, {x.shape[1]}), got {tuple(mask.shape)}")
+            x = torch.where(mask.to(torch.bool).unsqueeze(-1), self.mask_token.to(x.dtype), x)
+        x = x.view(b, t, self.num_patches, self.width) + self.pos_embed[:, None, 1:]
+        if self.temporal_embed is not None:
+            x = x + self.temporal_embed[:, :t, None]
+        return x.reshape(b, t * self.num_patches, self.width)
+
+    def forward(
+        self,
+        images: Tensor,
+        keep_idx: Tensor | None = None,
+        mask: Tensor | None = None,
+        return_attention: bool = False,
+    ) -> VisionOutput:
+        """Encode images; ``mask`` (B, T*N) bool and/or ``keep_idx`` (B, K) long; see the module docstring.
+
+        ``return_attention`` also returns the last block's self-attention weights (e.g. CLS-to-patch
+        maps for attention-guided masking).
+        """
+        x = self.embed_patches(images, mask)
+        if keep_idx is not None:
+            x = torch.gather(x, 1, keep_idx.unsqueeze(-1).expand(-1, -1, self.width))
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls.to(x.dtype), x], dim=1)
+        attention = None
+        for i, block in enumerate(self.blocks):
+            if return_attention and i == len(self.blocks) - 1:
+                x, attention = block(x, return_attention=True)
+            else:
+                x = block(x)
+        return VisionOutput(tokens=self.norm(x), keep_idx=keep_idx, attention=attention)

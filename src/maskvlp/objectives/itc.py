@@ -1,0 +1,123 @@
+"""Image-text contrastive loss (ITC), as ALBEF and CLIP use it.
+
+* ``albef`` style (``momentum_features: true``): student features against the EMA teacher's features of
+  the global batch plus a queue of past teacher features, with momentum distillation: targets are
+  ``alpha * softmax(teacher similarities) + (1 - alpha) * ground truth``.
+* ``clip`` style (``momentum_features: false, queue: false, alpha: 0``): in-batch InfoNCE with the
+  features of every rank gathered with gradient (open_clip's local loss).
+
+Positives are defined by image identity, not by the diagonal: another caption of the same image, in
+the batch or in the queue, is a positive, never a negative.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from maskvlp.config import ModelConfig
+from maskvlp.engine.distributed import all_gather_nograd, all_gather_with_grad
+from maskvlp.models.vlp import TEACHER
+from maskvlp.objectives.base import Objective, ObjectiveOutput, register, take
+
+
+class FeatureQueue(torch.nn.Module):
+    """A ring buffer of (image feature, text feature, image key) that accepts any batch size.
+
+    Enqueue wraps around the end (no "queue size must be divisible by the batch" assert), and only
+    filled slots are ever read, so the first steps do not contrast against random vectors.
+    """
+
+    def __init__(self, size: int, dim: int):
+        super().__init__()
+        self.size = size
+        self.register_buffer("image", torch.zeros(size, dim))
+        self.register_buffer("text", torch.zeros(size, dim))
+        self.register_buffer("keys", torch.full((size,), -1, dtype=torch.long))
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+        self.register_buffer("filled", torch.zeros((), dtype=torch.long))
+
+    def contents(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        n = int(self.filled)
+        return self.image[:n], self.text[:n], self.keys[:n]
+
+    @torch.no_grad()
+    def push(self, image: torch.Tensor, text: torch.Tensor, keys: torch.Tensor) -> None:
+        n = image.shape[0]
+        if n >= self.size:  # keep the newest `size` entries
+            image, text, keys, n = image[-self.size:], text[-self.size:], keys[-self.size:], self.size
+        idx = (int(self.ptr) + torch.arange(n, device=self.image.device)) % self.size
+        self.image[idx] = image.to(self.image.dtype)
+        self.text[idx] = text.to(self.text.dtype)
+        self.keys[idx] = keys
+        self.ptr.fill_((int(self.ptr) + n) % self.size)
+        self.filled.fill_(min(self.size, int(self.filled) + n))
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of -sum(targets * log_softmax(logits)) over the LAST dim (ALBEF #58's fix)."""
+    return -(targets * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
+
+
+def positive_targets(row_keys: torch.Tensor, column_keys: torch.Tensor) -> torch.Tensor:
+    """Row-normalised indicator of columns showing the same image as each row."""
+    pos = (row_keys[:, None] == column_keys[None, :]).float()
+    return pos / pos.sum(1, keepdim=True).clamp(min=1)
+
+
+@register
+class ITC(Objective):
+    name = "itc"
+    DEFAULTS: dict[str, Any] = {"momentum_features": True, "queue": True, "alpha": 0.4, "alpha_ramp_steps": 200}
+
+    def __init__(self, model_cfg: ModelConfig, **params: Any):
+        super().__init__(model_cfg)
+        p = take(params, self.DEFAULTS, self.name)
+        self.momentum_features: bool = p["momentum_features"]
+        self.alpha: float = p["alpha"] if p["momentum_features"] else 0.0
+        self.alpha_ramp_steps: int = p["alpha_ramp_steps"]
+        self.queue = FeatureQueue(model_cfg.queue_size, model_cfg.embed_dim) if p["queue"] and p["momentum_features"] else None
+
+    def required_parts(self) -> set[str]:
+        return {TEACHER} if self.momentum_features else set()
+
+    def current_alpha(self, step: int) -> float:
+        return self.alpha * min(1.0, (step + 1) / max(1, self.alpha_ramp_steps))
+
+    def forward(self, ctx) -> ObjectiveOutput:
+        model = ctx.model
+        with torch.no_grad():
+            model.temp.clamp_(0.001, 0.5)
+        temp = model.temp
+        img, txt = ctx.image.embed, ctx.text.embed
+        keys = ctx.batch.image_keys
+        if self.momentum_features:
+            return self._momentum_loss(ctx, img, txt, keys, temp)
+        # CLIP: in-batch negatives from every rank, gradients through the gather
+        all_img, all_txt = all_gather_with_grad(img), all_gather_with_grad(txt)
+        all_keys = ctx.global_image_keys
+        targets = positive_targets(keys, all_keys)
+        loss = (soft_cross_entropy(img @ all_txt.T / temp, targets) + soft_cross_entropy(txt @ all_img.T / temp, targets)) / 2
+        return ObjectiveOutput(loss, {"temp": float(temp.detach())})
+
+    def _momentum_loss(self, ctx, img, txt, keys, temp) -> ObjectiveOutput:
+        t_img, t_txt = ctx.teacher_image.embed, ctx.teacher_text.embed
+        with torch.no_grad():
+            bank_img, bank_txt, bank_keys = all_gather_nograd(t_img), all_gather_nograd(t_txt), ctx.global_image_keys
+            batch_img, batch_txt, batch_keys = bank_img, bank_txt, bank_keys
+            if self.queue is not None:
+                q_img, q_txt, q_keys = self.queue.contents()
+                bank_img, bank_txt, bank_keys = torch.cat([bank_img, q_img]), torch.cat([bank_txt, q_txt]), torch.cat([bank_keys, q_keys])
+            truth = positive_targets(keys, bank_keys)
+            alpha = self.current_alpha(ctx.step)
+            if alpha > 0:
+                t_i2t = F.softmax((t_img @ bank_txt.T / temp).float(), dim=-1)
+                t_t2i = F.softmax((t_txt @ bank_img.T / temp).float(), dim=-1)
+                tgt_i2t, tgt_t2i = alpha * t_i2t + (1 - alpha) * truth, alpha * t_t2i + (1 - alpha) * truth
+            else:
+                tgt_i2t = tgt_t2i = truth
+        loss = (soft_cross_entropy(img @ bank_txt.T / temp, tgt_i2t) + soft_cross_entropy(txt @ bank_img.T / temp, tgt_t2i)) / 2
+        if self.queue is not None and self.training:
+            self.queue.push(batch_img, batch_txt, batch_keys)
+        return ObjectiveOutput(loss, {"temp": float(temp.detach()), "alpha": alpha})

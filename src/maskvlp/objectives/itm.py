@@ -1,0 +1,72 @@
+"""Image-text matching (ITM) with hard negatives, as in ALBEF.
+
+For every text a negative image, and for every image a negative text, is sampled from the global
+batch with probability proportional to the softmax of their ITC similarity, so the fusion encoder
+sees the pairs contrastive features confuse most. A candidate showing the same image as the
+positive (the positive itself, or another caption of its image) is never drawn; a row with no valid
+candidate contributes no negative. Negatives are drawn across all ranks (BLIP's
+``negative_all_rank``), with the same generator on every rank, so the draw does not depend on how
+the batch is split over processes.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from maskvlp.config import ModelConfig
+from maskvlp.engine.distributed import all_gather_nograd, all_gather_with_grad, local_slice
+from maskvlp.models.vlp import FUSION, ITM as ITM_HEAD
+from maskvlp.objectives.base import Objective, ObjectiveOutput, register, take
+
+
+def sample_hard_negatives(similarity: torch.Tensor, row_keys: torch.Tensor, column_keys: torch.Tensor,
+                          generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each row, one column index drawn with p ∝ softmax(similarity) among columns of another image.
+
+    Returns (index, valid): rows whose every column shows their own image get valid=False.
+    """
+    allowed = row_keys[:, None] != column_keys[None, :]
+    weights = F.softmax(similarity.float(), dim=1).masked_fill(~allowed, 0.0)
+    weights = torch.where(allowed, weights + 1e-8, weights)  # keep underflowed candidates drawable
+    valid = allowed.any(1)
+    weights[~valid] = 1.0  # dummy row so multinomial accepts it; its draw is discarded
+    index = torch.multinomial(weights.cpu(), 1, generator=generator).squeeze(1).to(similarity.device)
+    return index, valid
+
+
+@register
+class ITM(Objective):
+    name = "itm"
+    needs = frozenset({FUSION, ITM_HEAD})
+    DEFAULTS: dict[str, Any] = {"hard_negatives": True}
+
+    def __init__(self, model_cfg: ModelConfig, **params: Any):
+        super().__init__(model_cfg)
+        self.hard_negatives: bool = take(params, self.DEFAULTS, self.name)["hard_negatives"]
+
+    def forward(self, ctx) -> ObjectiveOutput:
+        model = ctx.model
+        image, text, mask = ctx.image.tokens, ctx.text.tokens, ctx.batch.attention_mask
+        keys = ctx.global_image_keys
+        sim = ctx.global_similarity
+        if not self.hard_negatives:
+            sim = torch.zeros_like(sim)
+        g = ctx.generator("itm-negatives")
+        neg_image_of_text, ok_t = sample_hard_negatives(sim.T, keys, keys, g)  # text rows -> image columns
+        neg_text_of_image, ok_i = sample_hard_negatives(sim, keys, keys, g)  # image rows -> text columns
+        rows = local_slice(ctx.batch.global_size)
+        neg_image_of_text, ok_t = neg_image_of_text[rows], ok_t[rows]
+        neg_text_of_image, ok_i = neg_text_of_image[rows], ok_i[rows]
+        all_image, all_text, all_mask = all_gather_with_grad(image), all_gather_with_grad(text), all_gather_nograd(mask)
+
+        text_in = torch.cat([text, text[ok_t], all_text[neg_text_of_image[ok_i]]])
+        mask_in = torch.cat([mask, mask[ok_t], all_mask[neg_text_of_image[ok_i]]])
+        image_in = torch.cat([image, all_image[neg_image_of_text[ok_t]], image[ok_i]])
+        logits = model.itm_logits(text_in, mask_in, image_in)
+        labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+        labels[: image.shape[0]] = 1
+        loss = F.cross_entropy(logits.float(), labels)
+        acc = (logits.argmax(1) == labels).float().mean()
+        return ObjectiveOutput(loss, {"itm_acc": float(acc)})

@@ -1,0 +1,55 @@
+"""Masked language modeling conditioned on the image (ALBEF's MLM).
+
+BERT-style masking (15% of real tokens, exact count; 80% [MASK], 10% random, 10% kept), the masked
+caption goes through the text tower and the fusion encoder with the full image, and the MLM head
+predicts the original tokens, only at masked positions (the vocabulary projection is the costly
+part). With ``alpha > 0`` the target mixes in the EMA teacher's prediction (momentum distillation),
+with the softmax over the vocabulary dimension (ALBEF applied it over the sequence: ALBEF #58).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from maskvlp.config import ModelConfig
+from maskvlp.models.vlp import FUSION, MLM as MLM_HEAD, TEACHER_FUSION
+from maskvlp.objectives.base import Objective, ObjectiveOutput, register, take
+from maskvlp.objectives.itc import soft_cross_entropy
+
+
+@register
+class MLM(Objective):
+    name = "mlm"
+    needs = frozenset({FUSION, MLM_HEAD})
+    DEFAULTS: dict[str, Any] = {"ratio": 0.15, "alpha": 0.4, "alpha_ramp_steps": 200}
+
+    def __init__(self, model_cfg: ModelConfig, **params: Any):
+        super().__init__(model_cfg)
+        p = take(params, self.DEFAULTS, self.name)
+        self.ratio: float = p["ratio"]
+        self.alpha: float = p["alpha"]
+        self.alpha_ramp_steps: int = p["alpha_ramp_steps"]
+
+    def required_parts(self) -> set[str]:
+        return set(self.needs) | ({TEACHER_FUSION} if self.alpha > 0 else set())
+
+    def forward(self, ctx) -> ObjectiveOutput:
+        model = ctx.model
+        masked = ctx.masked_text(self.ratio)
+        mask = ctx.batch.attention_mask
+        text = model.encode_text(masked.input_ids, mask).tokens
+        fused = model.fuse(text, mask, ctx.image.tokens).text[masked.masked]
+        logits = model.mlm_head(fused)
+        labels = masked.labels[masked.masked]
+        loss = F.cross_entropy(logits.float(), labels)
+        alpha = self.alpha * min(1.0, (ctx.step + 1) / max(1, self.alpha_ramp_steps))
+        if alpha > 0:
+            with torch.no_grad():
+                t_text = model.encode_text(masked.input_ids, mask, teacher=True).tokens
+                t_fused = model.fuse(t_text, mask, ctx.teacher_image.tokens, teacher=True).text[masked.masked]
+                soft = F.softmax(model.teacher["mlm_head"](t_fused).float(), dim=-1)
+            loss = (1 - alpha) * loss + alpha * soft_cross_entropy(logits, soft)
+        acc = (logits.argmax(-1) == labels).float().mean()
+        return ObjectiveOutput(loss, {"mlm_acc": float(acc)})

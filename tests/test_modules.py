@@ -1,0 +1,227 @@
+"""Properties of the network building blocks (tiny sizes, CPU, a few seconds)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from maskvlp.config import TextConfig, VisionConfig
+from maskvlp.models.fusion import FusionEncoder, FusionOutput
+from maskvlp.models.heads import ITMHead, MLMHead, Projection
+from maskvlp.models.teacher import EMATeacher
+from maskvlp.models.text import TextEncoder
+from maskvlp.models.transformer import Attention, Block
+from maskvlp.models.vision import VisionTransformer, random_keep_indices
+
+ATOL = 1e-5
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def tiny_vision(**kw) -> VisionTransformer:
+    cfg = VisionConfig(image_size=16, patch_size=4, width=32, depth=2, heads=4, **kw)
+    return VisionTransformer(cfg).eval()
+
+
+def tiny_text() -> TextEncoder:
+    cfg = TextConfig(vocab_size=50, width=32, depth=2, heads=4, intermediate=64, max_positions=16)
+    return TextEncoder(cfg).eval()
+
+
+def patch_pixels(images: torch.Tensor, j: int, p: int = 4, grid: int = 4) -> tuple:
+    """Index of patch j's pixels in (B, 3, H, W) images (raster order, as the Conv2d patch embedding)."""
+    r, c = divmod(j, grid)
+    return (slice(None), slice(None), slice(r * p, (r + 1) * p), slice(c * p, (c + 1) * p))
+
+
+# ------------------------------------------------------------------------------------ attention
+def test_attention_mask_ignores_padded_keys() -> None:
+    attn = Attention(32, 4).eval()
+    x = torch.randn(2, 6, 32)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    out = attn(x, mask=mask)
+    x2 = x.clone()
+    x2[0, 4:] = torch.randn(2, 32) * 10
+    out2 = attn(x2, mask=mask)
+    # queries at real positions of row 0 do not see the changed padded keys/values
+    torch.testing.assert_close(out2[0, :4], out[0, :4], atol=ATOL, rtol=0)
+    torch.testing.assert_close(out2[1], out[1], atol=ATOL, rtol=0)
+
+
+def test_return_attention_matches_sdpa_and_is_normalised() -> None:
+    attn = Attention(32, 4, kv_dim=24).eval()  # cross-attention: context of another width
+    x, ctx = torch.randn(2, 5, 32), torch.randn(2, 7, 24)
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3], dtype=torch.bool)
+    fast = attn(x, ctx, mask)
+    slow, weights = attn(x, ctx, mask, return_attention=True)
+    assert weights.shape == (2, 4, 5, 7)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4, 5), atol=ATOL, rtol=0)
+    assert weights[1, :, :, 4:].abs().max() == 0
+    torch.testing.assert_close(slow, fast, atol=ATOL, rtol=0)
+
+
+def test_block_returns_self_or_cross_weights() -> None:
+    for pre_norm in (True, False):
+        blk = Block(32, 4, 64, cross_kv_dim=16, pre_norm=pre_norm).eval()
+        x, ctx = torch.randn(2, 5, 32), torch.randn(2, 3, 16)
+        plain = blk(x, context=ctx)
+        out_s, w_s = blk(x, context=ctx, return_attention=True)
+        out_c, w_c = blk(x, context=ctx, return_attention="cross")
+        assert w_s.shape == (2, 4, 5, 5) and w_c.shape == (2, 4, 5, 3)
+        torch.testing.assert_close(out_s, plain, atol=ATOL, rtol=0)
+        torch.testing.assert_close(out_c, plain, atol=ATOL, rtol=0)
+
+
+# ------------------------------------------------------------------------------------ vision
+def test_vision_shapes_and_keep_indices() -> None:
+    vit = tiny_vision()
+    assert vit.num_patches == 16
+    images = torch.randn(2, 3, 16, 16)
+    assert vit(images).tokens.shape == (2, 17, 32)
+    keep = random_keep_indices(2, 16, 5, generator=torch.Generator().manual_seed(1))
+    assert keep.shape == (2, 5) and keep.dtype == torch.long
+    assert torch.equal(keep, keep.sort(dim=1).values)
+    assert all(len(set(row.tolist())) == 5 for row in keep)
+    out = vit(images, keep_idx=keep)
+    assert out.tokens.shape == (2, 6, 32) and out.keep_idx is keep
+
+
+def test_keep_idx_equals_encoding_the_gathered_patches() -> None:
+    vit = tiny_vision()
+    images = torch.randn(2, 3, 16, 16)
+    keep = random_keep_indices(2, 16, 6, generator=torch.Generator().manual_seed(2))
+    out = vit(images, keep_idx=keep).tokens
+    # reference: gather the positioned patch tokens by hand and run the blocks
+    x = vit.embed_patches(images)
+    x = torch.stack([x[b, keep[b]] for b in range(2)])
+    x = torch.cat([(vit.cls_token + vit.pos_embed[:, :1]).expand(2, -1, -1), x], dim=1)
+    for blk in vit.blocks:
+        x = blk(x)
+    torch.testing.assert_close(out, vit.norm(x), atol=ATOL, rtol=0)
+    # property: the content of dropped patches does not matter
+    changed = images.clone()
+    for b in range(2):
+        for j in set(range(16)) - set(keep[b].tolist()):
+            changed[b][patch_pixels(changed, j)[1:]] = torch.randn(3, 4, 4) * 5
+    torch.testing.assert_close(vit(changed, keep_idx=keep).tokens, out, atol=ATOL, rtol=0)
+
+
+def test_mask_token_hides_masked_patch_content() -> None:
+    vit = tiny_vision()
+    images = torch.randn(1, 3, 16, 16)
+    mask = torch.zeros(1, 16, dtype=torch.bool)
+    mask[0, [0, 5, 9]] = True
+    out = vit(images, mask=mask).tokens
+    assert out.shape == (1, 17, 32)
+    changed = images.clone()
+    for j in (0, 5, 9):
+        changed[patch_pixels(changed, j)] = torch.randn(1, 3, 4, 4) * 5
+    torch.testing.assert_close(vit(changed, mask=mask).tokens, out, atol=ATOL, rtol=0)
+    assert not torch.allclose(vit(changed).tokens, vit(images).tokens)  # without the mask it does matter
+    # mask and keep_idx together: mask in full-patch indexing, then the drop
+    keep = torch.tensor([[0, 1, 5, 7]])
+    both = vit(images, keep_idx=keep, mask=mask).tokens
+    assert both.shape == (1, 5, 32)
+    torch.testing.assert_close(vit(changed, keep_idx=keep, mask=mask).tokens, both, atol=ATOL, rtol=0)
+
+
+def test_video_frames_and_attention_output() -> None:
+    vit = tiny_vision(max_frames=2)
+    video = torch.randn(2, 2, 3, 16, 16)
+    out = vit(video, return_attention=True)
+    assert out.tokens.shape == (2, 1 + 2 * 16, 32)
+    assert out.attention is not None and out.attention.shape == (2, 4, 33, 33)
+    assert vit(video[:, 0]).tokens.shape == (2, 17, 32)  # a picture is a one-frame video
+    # identical frames still give different tokens: the temporal embedding tells them apart
+    same = video[:, :1].expand(-1, 2, -1, -1, -1)
+    tok = vit(same).tokens
+    assert not torch.allclose(tok[:, 1:17], tok[:, 17:])
+    with pytest.raises(ValueError, match="max_frames"):
+        vit(torch.randn(1, 3, 3, 16, 16))
+
+
+# ------------------------------------------------------------------------------------ text and fusion
+def test_text_padding_does_not_leak() -> None:
+    text = tiny_text()
+    ids = torch.randint(1, 50, (2, 7))
+    mask = torch.tensor([[1] * 5 + [0] * 2, [1] * 7])
+    out = text(ids, mask)
+    assert out.shape == (2, 7, 32)
+    ids2 = ids.clone()
+    ids2[0, 5:] = torch.randint(1, 50, (2,))
+    torch.testing.assert_close(text(ids2, mask)[0, :5], out[0, :5], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["text_to_image", "cross", "merged"])
+def test_fusion_modes(mode: str) -> None:
+    fusion = FusionEncoder(mode, depth=2, text_width=32, image_width=24, heads=4, intermediate=64).eval()
+    text, image = torch.randn(2, 6, 32), torch.randn(2, 5, 24)
+    text_mask = torch.tensor([[1] * 4 + [0] * 2, [1] * 6])
+    out = fusion(text, text_mask, image)
+    assert isinstance(out, FusionOutput)
+    assert out.text.shape == (2, 6, 32)
+    if mode == "text_to_image":
+        assert out.image is None
+    else:
+        assert out.image is not None and out.image.shape == (2, 5, 32)
+    # the text output depends on the image
+    assert not torch.allclose(fusion(text, text_mask, image + 1.0).text, out.text)
+    # padded text positions do not affect the real ones (nor the image stream)
+    text2 = text.clone()
+    text2[0, 4:] = torch.randn(2, 32) * 5
+    out2 = fusion(text2, text_mask, image)
+    torch.testing.assert_close(out2.text[0, :4], out.text[0, :4], atol=ATOL, rtol=0)
+    if out.image is not None:
+        torch.testing.assert_close(out2.image, out.image, atol=ATOL, rtol=0)
+    # an image padding mask is honoured as well
+    image_mask = torch.tensor([[1, 1, 1, 0, 0], [1] * 5])
+    a = fusion(text, text_mask, image, image_mask)
+    image2 = image.clone()
+    image2[0, 3:] = torch.randn(2, 24) * 5
+    b = fusion(text, text_mask, image2, image_mask)
+    torch.testing.assert_close(b.text[0, :4], a.text[0, :4], atol=ATOL, rtol=0)
+
+
+def test_fusion_rejects_unknown_mode() -> None:
+    with pytest.raises(ValueError, match="text_to_image"):
+        FusionEncoder("sideways", 1, 32, 32, 4, 64)
+
+
+# ------------------------------------------------------------------------------------ heads and teacher
+def test_heads() -> None:
+    text = tiny_text()
+    head = MLMHead(32, 50, 1e-12, word_embeddings=text.word_embeddings)
+    assert head.decoder.weight is text.word_embeddings.weight
+    assert head(torch.randn(3, 32)).shape == (3, 50)
+    untied = MLMHead(32, 50, 1e-12)
+    assert untied.decoder.weight is not text.word_embeddings.weight
+    assert Projection(32, 8)(torch.randn(2, 32)).shape == (2, 8)
+    assert ITMHead(32)(torch.randn(2, 32)).shape == (2, 2)
+
+
+def test_ema_teacher() -> None:
+    text = tiny_text()
+    head = MLMHead(32, 50, 1e-12, word_embeddings=text.word_embeddings)
+    students = {"text": text, "mlm": head}
+    m = 0.9
+    teacher = EMATeacher(students, momentum=m)
+    assert all(not p.requires_grad for p in teacher.parameters())
+    assert teacher["mlm"].decoder.weight is teacher["text"].word_embeddings.weight  # tie kept in the copy
+    assert teacher["text"].word_embeddings.weight is not text.word_embeddings.weight
+
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    with torch.no_grad():
+        for p in list(text.parameters()) + list(head.parameters()):
+            p.add_(torch.randn_like(p))
+    teacher.update(students)
+    for name, student in students.items():
+        for key, p_s in student.named_parameters():
+            p_t = dict(teacher[name].named_parameters())[key]
+            t0 = before[f"models.{name}.{key}"]
+            # moved toward the student by exactly (1 - m) of the gap, shared weights only once
+            torch.testing.assert_close(p_t - t0, (1 - m) * (p_s - t0), atol=1e-6, rtol=0)
+    assert teacher["mlm"].decoder.weight is teacher["text"].word_embeddings.weight
+    assert all(not p.requires_grad for p in teacher.parameters())
+    assert "text" in teacher and "vision" not in teacher
