@@ -44,7 +44,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "orange": (245, 140, 30),
     "gray": (140, 140, 140),
 }
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "hexagon")
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross")
 SIZES = ("small", "large")
 MATERIALS = ("matte", "metal")
 RELATIONS = ("left of", "right of", "above", "below")
@@ -92,13 +92,19 @@ def _star(points: int = 5, inner: float = 0.5) -> list[tuple[float, float]]:
     return out
 
 
+def _cross(arm: float = 0.36) -> list[tuple[float, float]]:
+    """A plus sign whose arms are ``2 * arm`` wide (a hexagon reads as a circle at 64 px; this does not)."""
+    a = arm
+    return [(-a, -1), (a, -1), (a, -a), (1, -a), (1, a), (a, a), (a, 1), (-a, 1), (-a, a), (-1, a), (-1, -a), (-a, -a)]
+
+
 # None = circle (drawn as an ellipse). Sizes chosen so the five areas are comparable.
 _UNIT_OUTLINES: dict[str, tuple[tuple[float, float], ...] | None] = {
     "circle": None,
     "square": _centred([(-0.82, -0.82), (0.82, -0.82), (0.82, 0.82), (-0.82, 0.82)], fill=False),
     "triangle": _centred([(0.0, -0.95), (1.0, 0.95), (-1.0, 0.95)], fill=False),
     "star": _centred(_star(), fill=True),
-    "hexagon": _centred([(math.cos(k * math.pi / 3), math.sin(k * math.pi / 3)) for k in range(6)], fill=False),
+    "cross": _centred(_cross(), fill=False),
 }
 
 
