@@ -80,6 +80,17 @@ def local_slice(global_batch: int) -> slice:
     return slice(rank() * size, (rank() + 1) * size)
 
 
+def mean_over_ranks_denominator(local_count: int) -> float:
+    """Divide a rank's *sum* of per-item losses by this, so that DDP's gradient average equals the
+    mean over every item of the global batch, even when ranks hold different numbers of items
+    (masked tokens, valid negatives). In one process it is just ``local_count``."""
+    if world_size() == 1:
+        return float(max(local_count, 1))
+    total = torch.tensor([float(local_count)])
+    dist.all_reduce(total)
+    return max(float(total) / world_size(), 1e-12)
+
+
 def reduce_mean(x: torch.Tensor) -> torch.Tensor:
     """Average a scalar over ranks (for logging the global loss)."""
     if world_size() == 1:

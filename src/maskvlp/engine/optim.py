@@ -16,16 +16,13 @@ NO_DECAY_HINTS = ("bias", "norm", "pos_embed", "cls_token", "mask_token", "posit
                   "token_type_embeddings", "temp", "modality")
 
 
-def make_optimizer(root: torch.nn.Module, model: VLPModel, cfg: TrainConfig, pretrained_text: bool) -> torch.optim.AdamW:
-    """AdamW with no decay on biases/norms/position tables; pretrained text and fusion at ``text_lr``.
+def make_optimizer(root: torch.nn.Module, model: VLPModel, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with no decay on biases/norms/position tables; weights that start from BERT at ``text_lr``.
 
-    ALBEF fine-tunes its BERT at 1e-4; a vision tower trained from scratch wants more.
+    ALBEF fine-tunes its BERT at 1e-4; the vision tower, cross-attention and heads start from
+    scratch and want more.
     """
-    slow = set()
-    if pretrained_text:
-        slow = {id(p) for p in model.text.parameters()}
-        if model.fusion is not None:
-            slow |= {id(p) for p in model.fusion.parameters()}
+    slow = {id(p) for name, p in model.named_parameters() if model.is_pretrained_parameter(name)}
     groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     seen: set[int] = set()
     for name, p in root.named_parameters():

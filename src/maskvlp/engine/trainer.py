@@ -108,7 +108,7 @@ def train(cfg: RunConfig, resume: str | None = None, show_progress: bool = True,
         dataset = build_pretrain_dataset(cfg)
     torch.manual_seed(tc.seed)
     module = Pretrainer(cfg, specials, load_pretrained=resume is None).to(device)
-    optimizer = make_optimizer(module, module.model, tc, pretrained_text=cfg.model.text.init != "scratch")
+    optimizer = make_optimizer(module, module.model, tc)
 
     progress_state: dict[str, Any] = {"step": 0, "total": tc.max_steps, "elapsed": 0.0, "bad": 0, "seen": 0}
     if resume is not None:

@@ -7,6 +7,7 @@ semantic R@1, the COCO-protocol ceiling, and the binding test.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -18,6 +19,9 @@ from maskvlp.eval import metrics as M
 from maskvlp.eval.rerank import recall_from_two, rerank_both, rerank_both_cost
 from maskvlp.engine.logging import console
 from maskvlp.models.vlp import VLPModel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+RERANK_CHUNK = 4096  # pairs handed to the scorer at once; it sub-batches them by text length
 
 
 @dataclass
@@ -61,15 +65,26 @@ def encode_texts(model: VLPModel, tokenizer, texts: list[str], max_len: int, bat
     return EncodedTexts(ids, mask, torch.cat(tokens), torch.cat(embeds))
 
 
-def itm_scorer(model: VLPModel, images: EncodedImages, texts: EncodedTexts) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """score(image_idx, text_idx) = log p(match) from the fusion encoder's ITM head, for pairs in bulk."""
+def itm_scorer(model: VLPModel, images: EncodedImages, texts: EncodedTexts,
+               batch_size: int = 128) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """score(image_idx, text_idx) = log p(match) from the fusion encoder's ITM head, for pairs in bulk.
+
+    Pairs are run in sub-batches of similar text length, each trimmed to its longest text, so little
+    work is spent on padding (it cannot change a result: padded keys are masked out).
+    """
+    lengths = texts.mask.sum(1)
 
     @torch.no_grad()
     def score(image_idx: torch.Tensor, text_idx: torch.Tensor) -> torch.Tensor:
-        mask = texts.mask[text_idx]
-        length = int(mask.sum(1).max())  # drop columns that are padding for every pair of the chunk
-        logits = model.itm_logits(texts.tokens[text_idx, :length], mask[:, :length], images.tokens[image_idx])
-        return F.log_softmax(logits.float(), dim=-1)[:, 1]
+        order = torch.argsort(lengths[text_idx], stable=True)
+        out = torch.empty(len(text_idx), device=texts.tokens.device)
+        for start in range(0, len(order), batch_size):
+            sel = order[start:start + batch_size]
+            t, i = text_idx[sel], image_idx[sel]
+            length = int(lengths[t].max())
+            logits = model.itm_logits(texts.tokens[t, :length], texts.mask[t, :length], images.tokens[i])
+            out[sel] = F.log_softmax(logits.float(), dim=-1)[:, 1]
+        return out
 
     return score
 
@@ -88,17 +103,29 @@ def evaluate_retrieval(model: VLPModel, tokenizer, rset, cfg: EvalConfig, max_le
     if probes is not None:
         rows["itc"].update(_binding(probes, lambda i, t: (images.embed[i] * probes.embed[t]).sum(-1)))
     if model.has_fusion and cfg.itm_k > 0:
-        score = itm_scorer(model, images, texts)
+        score = itm_scorer(model, images, texts, cfg.batch_size)
         pairs = rerank_both_cost(sim, cfg.itm_k)
         name = f"itm k={cfg.itm_k}"
-        if show_progress:
-            console.print(f"{label} ITM re-rank: {pairs:,} fusion passes ({rset.num_images} images, {len(rset.texts)} captions, k={cfg.itm_k})")
-        i2t, t2i = rerank_both(sim, cfg.itm_k, score, cfg.batch_size)
+        with _progress(show_progress, f"{label} ITM re-rank (k={cfg.itm_k}, {rset.num_images} images, "
+                                      f"{len(rset.texts)} captions)", pairs) as advance:
+            i2t, t2i = rerank_both(sim, cfg.itm_k, score, RERANK_CHUNK, progress=advance)
         rows[name] = _metrics(i2t, t2i, txt2img, truth)
         if probes is not None:
-            rows[name].update(_binding(probes, itm_scorer(model, images, probes)))
+            rows[name].update(_binding(probes, itm_scorer(model, images, probes, cfg.batch_size)))
     model.train()
     return rows
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool, description: str, total: int):
+    """A progress bar over fusion passes; yields the callback that reports how many are done."""
+    if not enabled:
+        yield None
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=console) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda done: bar.update(task, completed=done)
 
 
 def _metrics(i2t: torch.Tensor, t2i: torch.Tensor, txt2img: torch.Tensor, truth: torch.Tensor | None) -> dict[str, float]:

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 # Component names objectives may ask for.
 FUSION, TEACHER, TEACHER_FUSION, ITM, MLM = "fusion", "teacher", "teacher_fusion", "itm_head", "mlm_head"
+MASK_TOKEN = "image_mask_token"  # objectives that replace patches by a learned mask token
 
 
 @dataclass
@@ -39,6 +40,8 @@ class VLPModel(nn.Module):
         self.cfg = cfg
         self.needs = frozenset(needs)
         self.vision = VisionTransformer(cfg.vision)
+        if MASK_TOKEN not in needs:  # frozen when unused, so DDP never waits for a gradient it cannot get
+            self.vision.mask_token.requires_grad_(False)
         self.text = TextEncoder(cfg.text, dropout=cfg.dropout)
         self.vision_proj = Projection(cfg.vision.width, cfg.embed_dim)
         self.text_proj = Projection(cfg.text.width, cfg.embed_dim)
@@ -76,6 +79,18 @@ class VLPModel(nn.Module):
     def student_parameters(self) -> list[nn.Parameter]:
         """Every trainable parameter; the teacher's are excluded by construction (requires_grad=False)."""
         return [p for p in self.parameters() if p.requires_grad]
+
+    def is_pretrained_parameter(self, name: str) -> bool:
+        """Whether ``name`` (relative to this model) is filled from a BERT checkpoint at init.
+
+        A rule on names, not a record of what was loaded, so a resumed run (which skips loading)
+        builds the same optimizer groups.
+        """
+        if self.cfg.text.init == "scratch":
+            return False
+        if name.startswith("text."):
+            return True
+        return name.startswith("fusion.blocks.") and ".cross." not in name and ".norm_cross." not in name
 
     @torch.no_grad()
     def update_teacher(self) -> None:

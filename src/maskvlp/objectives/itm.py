@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from maskvlp.config import ModelConfig
-from maskvlp.engine.distributed import all_gather_nograd, all_gather_with_grad, local_slice
+from maskvlp.engine.distributed import all_gather_nograd, all_gather_with_grad, local_slice, mean_over_ranks_denominator
 from maskvlp.models.vlp import FUSION, ITM as ITM_HEAD
 from maskvlp.objectives.base import Objective, ObjectiveOutput, register, take
 
@@ -67,6 +67,6 @@ class ITM(Objective):
         logits = model.itm_logits(text_in, mask_in, image_in)
         labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
         labels[: image.shape[0]] = 1
-        loss = F.cross_entropy(logits.float(), labels)
+        loss = F.cross_entropy(logits.float(), labels, reduction="sum") / mean_over_ranks_denominator(len(labels))
         acc = (logits.argmax(1) == labels).float().mean()
         return ObjectiveOutput(loss, {"itm_acc": float(acc)})

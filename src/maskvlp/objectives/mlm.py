@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from maskvlp.config import ModelConfig
 from maskvlp.models.vlp import FUSION, MLM as MLM_HEAD, TEACHER_FUSION
 from maskvlp.objectives.base import Objective, ObjectiveOutput, register, take
-from maskvlp.objectives.itc import soft_cross_entropy
+from maskvlp.engine.distributed import mean_over_ranks_denominator
 
 
 @register
@@ -43,13 +43,15 @@ class MLM(Objective):
         fused = model.fuse(text, mask, ctx.image.tokens).text[masked.masked]
         logits = model.mlm_head(fused)
         labels = masked.labels[masked.masked]
-        loss = F.cross_entropy(logits.float(), labels)
+        per_token = F.cross_entropy(logits.float(), labels, reduction="none")
         alpha = self.alpha * min(1.0, (ctx.step + 1) / max(1, self.alpha_ramp_steps))
         if alpha > 0:
             with torch.no_grad():
                 t_text = model.encode_text(masked.input_ids, mask, teacher=True).tokens
                 t_fused = model.fuse(t_text, mask, ctx.teacher_image.tokens, teacher=True).text[masked.masked]
                 soft = F.softmax(model.teacher["mlm_head"](t_fused).float(), dim=-1)
-            loss = (1 - alpha) * loss + alpha * soft_cross_entropy(logits, soft)
+            per_token = (1 - alpha) * per_token - alpha * (soft * F.log_softmax(logits.float(), dim=-1)).sum(-1)
+        # mean over the masked tokens of the *global* batch (ranks hold different counts)
+        loss = per_token.sum() / mean_over_ranks_denominator(per_token.numel())
         acc = (logits.argmax(-1) == labels).float().mean()
         return ObjectiveOutput(loss, {"mlm_acc": float(acc)})
