@@ -30,7 +30,7 @@ def trained_run(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["pretrain", "--recipe", "albeff"], "unknown recipe 'albeff'; valid recipes: albef, clip"),
+    (["pretrain", "--recipe", "albeff"], "unknown recipe 'albeff'; valid recipes: albef, albef_paper, clip"),
     (["pretrain", "train.lrr=1"], "unknown config key 'train.lrr'; valid keys under train:"),
     (["pretrain", "train.lr=fast"], "bad value for 'train.lr'"),
     (["pretrain", "model.fusion.mode=sideways"], "valid choices: text_to_image, cross, merged"),

@@ -112,3 +112,14 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
     assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(values[9:], values[10:]))
     assert lr_factor(100, 100, 10, 0.05) == pytest.approx(0.05)
+
+
+def test_bf16_autocast_trains_and_auto_resolves_by_hardware(tmp_path):
+    from maskvlp.engine.precision import cpu_has_amx_bf16, resolve_precision
+
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == ("bf16" if cpu_has_amx_bf16() else "fp32")
+    assert resolve_precision("fp32", cpu) == "fp32"
+    cfg = tiny_config(tmp_path, "albef", "train.precision=bf16", "train.max_steps=2")
+    result = train(cfg, show_progress=False)
+    assert result.steps == 2 and all(torch.isfinite(torch.tensor(result.losses)))

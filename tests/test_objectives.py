@@ -261,3 +261,31 @@ def test_loss_falls_on_a_fixed_batch(tmp_path, recipe):
             assert last[key] < prior - 0.01, f"ITM did not beat the class prior: {last[key]:.3f}"
         else:
             assert last[key] < 0.7 * first[key], f"{key} did not fall: {first[key]:.3f} -> {last[key]:.3f}"
+
+
+@pytest.mark.parametrize("pool", ["mean", "cls"])
+def test_text_embedding_ignores_padding(tmp_path, pool):
+    module = _module(tmp_path, "clip", f"model.text.pool={pool}")
+    model = module.model.eval()
+    alone = TOKENIZER.encode(["a red circle"], 40)
+    padded = TOKENIZER.encode(["a red circle", "there is a large gray matte square above a small cyan star"], 40)
+    with torch.no_grad():
+        a = model.encode_text(alone.input_ids, alone.attention_mask).embed[0]
+        b = model.encode_text(padded.input_ids, padded.attention_mask).embed[0]
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_student_batch_features_send_itc_gradient_through_the_in_batch_columns(tmp_path):
+    """`batch_features: student` differs from ALBEF's teacher columns exactly by the gradient those
+    columns carry: same loss value at step 0 (teacher == student), different text-tower gradient."""
+    grads, losses = {}, {}
+    for mode in ("student", "teacher"):
+        extra = ["objectives.itm.weight=0", "objectives.mlm.weight=0", f"objectives.itc.params.batch_features={mode}",
+                 "objectives.itc.params.alpha=0.0"]
+        module = _module(tmp_path, "albef", *extra)
+        loss, metrics = module(_batch(tiny_config(tmp_path, "albef", *extra)), step=0)
+        loss.backward()
+        grads[mode] = module.model.text_proj.linear.weight.grad.clone()
+        losses[mode] = metrics["loss_itc"]
+    assert abs(losses["student"] - losses["teacher"]) < 1e-5
+    assert not torch.allclose(grads["student"], grads["teacher"])

@@ -33,6 +33,7 @@ class VisionConfig:
     mlp_ratio: float = 4.0
     layer_norm_eps: float = 1e-6
     max_frames: int = 1  # >1 adds a temporal embedding (video); a picture is a one-frame video
+    stem: str = "patch"  # patch (ViT's linear patch projection) | conv (a per-patch CNN; faster from scratch)
 
 
 @dataclass
@@ -48,6 +49,10 @@ class TextConfig:
     max_positions: int = 512
     type_vocab_size: int = 2
     layer_norm_eps: float = 1e-12
+    # ITC text embedding: cls (BERT, ALBEF) | mean. all-MiniLM-L6-v2 was trained with mean pooling: its
+    # [CLS] state is the same for every sentence (cosine > 0.999) below the last layer, so a 4-layer
+    # text tower cut from it gives ITC no signal through [CLS] (measured; docs/baselines.md).
+    pool: str = "mean"
 
 
 @dataclass
@@ -75,13 +80,13 @@ TEXT_INITS = ("minilm", "scratch", "hf")
 
 def model_size(name: str) -> ModelConfig:
     """The registered model sizes; ``base`` is ALBEF's (ViT-B/16 + BERT-base, 6 text + 6 fusion layers)."""
-    if name == "tiny":
-        return ModelConfig(size="tiny")
+    if name == "tiny":  # CPU: a ViT 192 wide from scratch + all 6 MiniLM layers (4 text, 2 fusion)
+        return ModelConfig(size="tiny", vision=VisionConfig(width=192, heads=3), momentum=0.95, queue_size=1024)
     if name == "base":
         return ModelConfig(
             size="base",
             vision=VisionConfig(image_size=224, patch_size=16, width=768, depth=12, heads=12),
-            text=TextConfig(init="scratch", width=768, depth=6, heads=12, intermediate=3072, max_len=40),
+            text=TextConfig(init="scratch", width=768, depth=6, heads=12, intermediate=3072, max_len=40, pool="cls"),
             fusion=FusionConfig(mode="text_to_image", depth=6),
             embed_dim=256,
             queue_size=65536,
@@ -158,7 +163,7 @@ class TrainConfig:
     max_steps: int = 3000
     time_budget: float = 0.0  # seconds of training; > 0 ends training when spent (schedule follows it)
     min_lr_ratio: float = 0.05
-    grad_clip: float = 5.0
+    grad_clip: float = 0.0  # max global grad norm; 0 = off (ALBEF does not clip; clipping starved ITC here)
     precision: str = "auto"  # auto | fp32 | bf16
     seed: int = 0
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
@@ -310,6 +315,7 @@ def validate(cfg: RunConfig) -> None:
     _choice("model.fusion.mode", cfg.model.fusion.mode, FUSION_MODES)
     _choice("model.text.init", cfg.model.text.init, TEXT_INITS)
     _choice("train.precision", cfg.train.precision, PRECISIONS)
+    _choice("model.text.pool", cfg.model.text.pool, ("cls", "mean"))
     _choice("data.source", cfg.data.source, DATA_SOURCES)
     if cfg.model.text.init == "hf" and not cfg.model.text.checkpoint:
         raise ConfigError("model.text.init=hf needs model.text.checkpoint=<folder of a HF BERT checkpoint>")

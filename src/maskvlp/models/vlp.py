@@ -108,7 +108,12 @@ class VLPModel(nn.Module):
         text = self.teacher["text"] if teacher else self.text
         proj = self.teacher["text_proj"] if teacher else self.text_proj
         tokens = text(input_ids, attention_mask)
-        return Encoded(tokens, F.normalize(proj(tokens[:, 0]), dim=-1))
+        if self.cfg.text.pool == "mean":  # average of real tokens (what sentence-transformers checkpoints learn)
+            m = attention_mask.unsqueeze(-1).to(tokens.dtype)
+            pooled = (tokens * m).sum(1) / m.sum(1).clamp(min=1)
+        else:  # BERT / ALBEF: the [CLS] token
+            pooled = tokens[:, 0]
+        return Encoded(tokens, F.normalize(proj(pooled), dim=-1))
 
     def fuse(self, text_tokens, text_mask, image_tokens, image_mask=None, teacher: bool = False) -> FusionOutput:
         fusion = self.teacher["fusion"] if teacher else self.fusion

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from maskvlp.config import ModelConfig
+from maskvlp.config import ConfigError, ModelConfig
 from maskvlp.engine.distributed import all_gather_nograd, all_gather_with_grad
 from maskvlp.models.vlp import TEACHER
 from maskvlp.objectives.base import Objective, ObjectiveOutput, register, take
@@ -60,6 +60,13 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     return -(targets * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
 
 
+def top1_hits(similarity: torch.Tensor, positives: torch.Tensor) -> float:
+    """Fraction of rows whose most similar column is a positive (a readable training signal)."""
+    with torch.no_grad():
+        best = similarity.argmax(dim=1)
+        return float((positives.gather(1, best[:, None]) > 0).float().mean())
+
+
 def positive_targets(row_keys: torch.Tensor, column_keys: torch.Tensor) -> torch.Tensor:
     """Row-normalised indicator of columns showing the same image as each row."""
     pos = (row_keys[:, None] == column_keys[None, :]).float()
@@ -69,7 +76,8 @@ def positive_targets(row_keys: torch.Tensor, column_keys: torch.Tensor) -> torch
 @register
 class ITC(Objective):
     name = "itc"
-    DEFAULTS: dict[str, Any] = {"momentum_features": True, "queue": True, "alpha": 0.4, "alpha_ramp_steps": 200}
+    DEFAULTS: dict[str, Any] = {"momentum_features": True, "queue": True, "alpha": 0.4, "alpha_ramp_steps": 200,
+                                "batch_features": "teacher"}
 
     def __init__(self, model_cfg: ModelConfig, **params: Any):
         super().__init__(model_cfg)
@@ -77,6 +85,9 @@ class ITC(Objective):
         self.momentum_features: bool = p["momentum_features"]
         self.alpha: float = p["alpha"] if p["momentum_features"] else 0.0
         self.alpha_ramp_steps: int = p["alpha_ramp_steps"]
+        if p["batch_features"] not in ("teacher", "student"):
+            raise ConfigError(f"objective 'itc' parameter batch_features must be teacher or student, got {p['batch_features']!r}")
+        self.batch_features: str = p["batch_features"]
         self.queue = FeatureQueue(model_cfg.queue_size, model_cfg.embed_dim) if p["queue"] and p["momentum_features"] else None
 
     def required_parts(self) -> set[str]:
@@ -98,26 +109,31 @@ class ITC(Objective):
         all_img, all_txt = all_gather_with_grad(img), all_gather_with_grad(txt)
         all_keys = ctx.global_image_keys
         targets = positive_targets(keys, all_keys)
-        loss = (soft_cross_entropy(img @ all_txt.T / temp, targets) + soft_cross_entropy(txt @ all_img.T / temp, targets)) / 2
-        return ObjectiveOutput(loss, {"temp": float(temp.detach())})
+        sim_i2t = img @ all_txt.T / temp
+        loss = (soft_cross_entropy(sim_i2t, targets) + soft_cross_entropy(txt @ all_img.T / temp, targets)) / 2
+        return ObjectiveOutput(loss, {"temp": float(temp.detach()), "itc_acc": top1_hits(sim_i2t, targets)})
 
     def _momentum_loss(self, ctx, img, txt, keys, temp) -> ObjectiveOutput:
         t_img, t_txt = ctx.teacher_image.embed, ctx.teacher_text.embed
         with torch.no_grad():
-            bank_img, bank_txt, bank_keys = all_gather_nograd(t_img), all_gather_nograd(t_txt), ctx.global_image_keys
-            batch_img, batch_txt, batch_keys = bank_img, bank_txt, bank_keys
-            if self.queue is not None:
-                q_img, q_txt, q_keys = self.queue.contents()
-                bank_img, bank_txt, bank_keys = torch.cat([bank_img, q_img]), torch.cat([bank_txt, q_txt]), torch.cat([bank_keys, q_keys])
+            teacher_img, teacher_txt, batch_keys = all_gather_nograd(t_img), all_gather_nograd(t_txt), ctx.global_image_keys
+            q_img, q_txt, q_keys = self.queue.contents() if self.queue is not None else (t_img[:0], t_txt[:0], keys[:0])
+            bank_keys = torch.cat([batch_keys, q_keys])
             truth = positive_targets(keys, bank_keys)
             alpha = self.current_alpha(ctx.step)
             if alpha > 0:
-                t_i2t = F.softmax((t_img @ bank_txt.T / temp).float(), dim=-1)
-                t_t2i = F.softmax((t_txt @ bank_img.T / temp).float(), dim=-1)
+                t_i2t = F.softmax((t_img @ torch.cat([teacher_txt, q_txt]).T / temp).float(), dim=-1)
+                t_t2i = F.softmax((t_txt @ torch.cat([teacher_img, q_img]).T / temp).float(), dim=-1)
                 tgt_i2t, tgt_t2i = alpha * t_i2t + (1 - alpha) * truth, alpha * t_t2i + (1 - alpha) * truth
             else:
                 tgt_i2t = tgt_t2i = truth
-        loss = (soft_cross_entropy(img @ bank_txt.T / temp, tgt_i2t) + soft_cross_entropy(txt @ bank_img.T / temp, tgt_t2i)) / 2
+        if self.batch_features == "student":  # in-batch columns carry gradient to both towers (CLIP-like)
+            batch_img, batch_txt = all_gather_with_grad(img), all_gather_with_grad(txt)
+        else:  # ALBEF: every column is a teacher feature
+            batch_img, batch_txt = teacher_img, teacher_txt
+        sim_i2t = img @ torch.cat([batch_txt, q_txt]).T / temp
+        sim_t2i = txt @ torch.cat([batch_img, q_img]).T / temp
+        loss = (soft_cross_entropy(sim_i2t, tgt_i2t) + soft_cross_entropy(sim_t2i, tgt_t2i)) / 2
         if self.queue is not None and self.training:
-            self.queue.push(batch_img, batch_txt, batch_keys)
-        return ObjectiveOutput(loss, {"temp": float(temp.detach()), "alpha": alpha})
+            self.queue.push(teacher_img, teacher_txt, batch_keys)
+        return ObjectiveOutput(loss, {"temp": float(temp.detach()), "alpha": alpha, "itc_acc": top1_hits(sim_i2t, truth)})
