@@ -27,7 +27,8 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def test_resume_equals_an_uninterrupted_run(tmp_path):
-    base = ["train.precision=fp32", "train.max_steps=6"]
+    # the queue on, so its contents and pointer must survive the resume too
+    base = ["train.precision=fp32", "train.max_steps=6", "objectives.itc.params.queue=true"]
     straight = tiny_config(tmp_path / "a", "albef", *base)
     train(straight, show_progress=False)
     broken = tiny_config(tmp_path / "b", "albef", *base)

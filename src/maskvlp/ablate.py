@@ -42,7 +42,7 @@ def run_ablation(recipes: list[str], inits: list[str], seeds: list[int], budget:
     atomic_write_text(out / "ablation.md", md)
     atomic_write_text(out / "ablation.json", json.dumps(summary, indent=1))
     plot(summary, out / "ablation.png")
-    console.print(md)
+    print(md, flush=True)  # plain text: markdown must not be re-wrapped to the terminal width
     return summary
 
 

@@ -6,7 +6,6 @@ traceback for a user's typo.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -354,6 +353,3 @@ def from_yaml(text: str) -> RunConfig:
     merged = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.create(text))
     return OmegaConf.to_object(merged)  # type: ignore[return-value]
 
-
-def as_dict(obj: Any) -> dict:
-    return dataclasses.asdict(obj)

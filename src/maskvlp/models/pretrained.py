@@ -259,8 +259,3 @@ def load_bert_into(
             ours.copy_(theirs.to(dtype=ours.dtype, device=ours.device))
     return report
 
-
-def load_minilm_into(text: TextEncoder, fusion: FusionEncoder | None = None, mlm_head: MLMHead | None = None) -> LoadReport:
-    """Convenience: :func:`load_bert_into` with the installed MiniLM checkpoint."""
-    state, _ = read_hf_bert(minilm_path())
-    return load_bert_into(text, fusion, state, mlm_head)
