@@ -35,6 +35,8 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
     first = train(broken, show_progress=False, stop_after=3)  # "killed" after step 3's checkpoint
     assert first.steps == 3
     train(broken, resume="latest", show_progress=False)
+    again = train(broken, resume="latest", show_progress=False)  # a finished run: nothing to do
+    assert again.steps == 6 and again.checkpoint is not None and again.checkpoint.name == "step-0000006"
     a, b = _losses(Path(straight.output_dir)), _losses(Path(broken.output_dir))
     assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
     for step in a:

@@ -111,6 +111,7 @@ def train(cfg: RunConfig, resume: str | None = None, show_progress: bool = True,
     optimizer = make_optimizer(module, module.model, tc)
 
     progress_state: dict[str, Any] = {"step": 0, "total": tc.max_steps, "elapsed": 0.0, "bad": 0, "seen": 0}
+    last_ckpt: Path | None = None
     if resume is not None:
         path = ckpt.resolve_checkpoint(resume, out)
         ckpt.load_weights(path, module)
@@ -118,6 +119,7 @@ def train(cfg: RunConfig, resume: str | None = None, show_progress: bool = True,
         optimizer.load_state_dict(saved["optimizer"])
         progress_state.update(saved["progress"])
         torch.set_rng_state(saved["rng_cpu"])
+        last_ckpt = path  # resuming a finished run leaves this as the result
         if info.is_main and show_progress:
             console.print(f"resumed from {path} at step {progress_state['step']}")
     ddp = DistributedDataParallel(module) if info.world_size > 1 else module
@@ -139,7 +141,6 @@ def train(cfg: RunConfig, resume: str | None = None, show_progress: bool = True,
     step_times: list[float] = []
     losses: list[float] = []
     nonfinite = 0
-    last_ckpt: Path | None = None
     data_iter = iter(loader)
     module.train()
     try:
