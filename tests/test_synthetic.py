@@ -100,7 +100,7 @@ def test_every_caption_is_true_distinct_and_varied(world: SyntheticWorld) -> Non
             assert holds(c.spec, s), (s, c)
             assert c.text == c.text.strip() and c.text
         kinds |= {caption_kind(c.spec) for c in caps}
-    assert kinds == {"single", "objects", "relation", "count"}
+    assert kinds == {"scene", "single", "objects", "relation", "count"}
 
 
 def test_holds_needs_distinct_objects_and_exact_counts() -> None:
@@ -111,6 +111,17 @@ def test_holds_needs_distinct_objects_and_exact_counts() -> None:
     count_two = CaptionSpec((ObjectDescription(shape="circle"),), count=2)
     assert holds(count_two, two) and not holds(count_two, one)
     assert holds(CaptionSpec((ObjectDescription(),), count=0), scene())
+
+
+def test_whole_scene_spec_needs_the_exact_total() -> None:
+    two = scene(obj("circle", "red", 0.2, 0.2), obj("square", "blue", 0.7, 0.7))
+    three = scene(obj("circle", "red", 0.2, 0.2), obj("square", "blue", 0.7, 0.7), obj("star", "green", 0.2, 0.8))
+    whole = CaptionSpec((RED_CIRCLE, BLUE_SQUARE), total=2)
+    assert holds(whole, two) and not holds(whole, three)
+    assert holds(replace(whole, total=None), three)  # without the total it is a partial description
+    left = CaptionSpec((RED_CIRCLE, BLUE_SQUARE), relation=(0, "left of", 1), total=2)
+    assert holds(left, two) and not holds(replace(left, relation=(0, "right of", 1)), two)
+    assert caption_kind(whole) == "scene" and caption_kind(left) == "scene"
 
 
 def test_truth_matrix_equals_brute_force(world: SyntheticWorld) -> None:
@@ -126,6 +137,9 @@ def test_truth_matrix_equals_brute_force(world: SyntheticWorld) -> None:
         CaptionSpec((ObjectDescription(), ObjectDescription(), ObjectDescription())),
         CaptionSpec((ObjectDescription(),) * 5),
         CaptionSpec((ObjectDescription(), ObjectDescription(), ObjectDescription()), relation=(2, "above", 0)),
+        CaptionSpec((), total=0),
+        CaptionSpec((ObjectDescription(),), total=1),
+        CaptionSpec((ObjectDescription(), ObjectDescription()), relation=(1, "left of", 0), total=3),
     ]
     truth = truth_matrix(specs, scenes)
     brute = np.array([[holds(sp, s) for s in scenes] for sp in specs], dtype=bool)
@@ -206,6 +220,10 @@ def test_realize_hand_built_specs() -> None:
     assert realize(CaptionSpec((ObjectDescription(shape="circle"),), count=2), 0) == "two circles"
     assert realize(CaptionSpec((ObjectDescription(),), count=1), 1) == "there is one object"
     assert {realize(rel, k) for k in range(5)} == {realize(rel, k) for k in range(10)}
+    whole = CaptionSpec((RED_CIRCLE, BLUE_SQUARE), total=2)
+    assert realize(whole, 0) == "a red circle and a blue square"
+    assert realize(whole, 1) == "two objects: a red circle and a blue square"
+    assert realize(replace(rel, total=2), 1) == "there is a red circle to the left of a blue square, two objects in all"
 
 
 def test_invalid_values_are_rejected() -> None:
@@ -215,6 +233,8 @@ def test_invalid_values_are_rejected() -> None:
         CaptionSpec((RED_CIRCLE,), relation=(0, "left of", 0))
     with pytest.raises(ValueError):
         CaptionSpec((RED_CIRCLE, BLUE_SQUARE), count=1)
+    with pytest.raises(ValueError):
+        CaptionSpec((RED_CIRCLE, BLUE_SQUARE), total=1)
     with pytest.raises(ValueError):
         SyntheticWorld(small_cfg(max_objects=0))
 

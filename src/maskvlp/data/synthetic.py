@@ -190,12 +190,15 @@ class CaptionSpec:
 
     Meaning: there are *distinct* scene objects ``o_k`` with ``objects[k].matches(o_k)`` for every
     ``k``, and if ``relation = (i, p, j)`` then ``p(o_i, o_j)`` holds. If ``count`` is given the
-    spec has exactly one description and means "exactly ``count`` objects match it".
+    spec has exactly one description and means "exactly ``count`` objects match it". If ``total``
+    is given the scene also has exactly ``total`` objects: a whole-scene description with
+    ``total == len(objects)`` names every object, the specific captions real data mostly has.
     """
 
     objects: tuple[ObjectDescription, ...]
     relation: tuple[int, str, int] | None = None
     count: int | None = None
+    total: int | None = None
 
     def __post_init__(self) -> None:
         if self.relation is not None:
@@ -205,8 +208,10 @@ class CaptionSpec:
             if i == j or not (0 <= i < len(self.objects) and 0 <= j < len(self.objects)):
                 raise ValueError(f"relation {self.relation} needs two different indices into objects")
         if self.count is not None:
-            if len(self.objects) != 1 or self.relation is not None or self.count < 0:
-                raise ValueError("a count spec has exactly one description, no relation and count >= 0")
+            if len(self.objects) != 1 or self.relation is not None or self.count < 0 or self.total is not None:
+                raise ValueError("a count spec has exactly one description, no relation, no total and count >= 0")
+        if self.total is not None and self.total < len(self.objects):
+            raise ValueError(f"total {self.total} is smaller than the {len(self.objects)} objects described")
 
 
 @dataclass(frozen=True)
@@ -256,6 +261,8 @@ def holds(spec: CaptionSpec, scene: Scene) -> bool:
     """Whether ``spec`` is true of ``scene`` (exact search over distinct assignments)."""
     if spec.count is not None:
         return sum(spec.objects[0].matches(o) for o in scene.objects) == spec.count
+    if spec.total is not None and len(scene.objects) != spec.total:
+        return False
     return _assign(spec, scene.objects, [])
 
 
@@ -316,10 +323,11 @@ def _evaluate(spec: CaptionSpec, table: _SceneTable, masks: Callable[[ObjectDesc
     if spec.count is not None:
         return masks(spec.objects[0]).sum(axis=1) == spec.count
     k = len(spec.objects)
+    right_total = np.ones(num_scenes, dtype=bool) if spec.total is None else table.valid.sum(axis=1) == spec.total
     if k > table.width:
         return np.zeros(num_scenes, dtype=bool)
     if k == 0:
-        return np.ones(num_scenes, dtype=bool)
+        return right_total
     perms = _permutations(table.width, k)
     ok = masks(spec.objects[0])[:, perms[:, 0]]
     for slot in range(1, k):
@@ -327,7 +335,7 @@ def _evaluate(spec: CaptionSpec, table: _SceneTable, masks: Callable[[ObjectDesc
     if spec.relation is not None:
         i, predicate, j = spec.relation
         ok = ok & table.relations[predicate][:, perms[:, i], perms[:, j]]
-    return ok.any(axis=1)
+    return ok.any(axis=1) & right_total
 
 
 def truth_matrix(specs: Sequence[CaptionSpec], scenes: Sequence[Scene]) -> np.ndarray:
@@ -415,8 +423,24 @@ def _realize_objects(spec: CaptionSpec, style: int) -> str:
     return frames[style % NUM_STYLES]
 
 
+def _realize_scene(spec: CaptionSpec, style: int) -> str:
+    """A whole-scene description; some wordings say the object count, as "only" would."""
+    n = spec.total or 0
+    number = _NUMBERS[n] if n < len(_NUMBERS) else str(n)
+    noun = "object" if n == 1 else "objects"
+    if spec.relation is not None:
+        body = _realize_relation(replace(spec, total=None), style)
+        return body if style % 2 == 0 else f"{body}, {number} {noun} in all"
+    listing = _listing(spec.objects)
+    frames = (listing, f"{number} {noun}: {listing}", f"a picture of {listing}", f"only {listing}",
+              f"a scene with {number} {noun}, {listing}")
+    return frames[style % NUM_STYLES]
+
+
 def realize(spec: CaptionSpec, style: int) -> str:
     """Deterministic text for ``spec`` in wording ``style`` (taken modulo :data:`NUM_STYLES`)."""
+    if spec.total is not None:
+        return _realize_scene(spec, style)
     if spec.count is not None:
         return _realize_count(spec, style)
     if spec.relation is not None:
@@ -427,7 +451,9 @@ def realize(spec: CaptionSpec, style: int) -> str:
 
 
 def caption_kind(spec: CaptionSpec) -> str:
-    """Content type of a spec: "count", "relation", "single" or "objects" (two or more, joined by and)."""
+    """Content type: "scene" (every object, a total), "count", "relation", "single" or "objects" (joined by and)."""
+    if spec.total is not None:
+        return "scene"
     if spec.count is not None:
         return "count"
     if spec.relation is not None:
@@ -556,7 +582,34 @@ def _relation_spec(scene: Scene, rng: np.random.Generator) -> CaptionSpec | None
     return CaptionSpec((da, db), relation=(0, predicate, 1))
 
 
+def _scene_spec(scene: Scene, rng: np.random.Generator, with_relation: bool = False) -> CaptionSpec | None:
+    """Every object (colour and shape at least; a lone object fully), in random order, the total,
+    optionally one relation.
+
+    With a relation, the related pair is described uniquely (its wordings may say "the ...").
+    """
+    names = list(ATTRIBUTES) if len(scene.objects) == 1 else _specific_names(rng)
+    order = [int(k) for k in rng.permutation(len(scene.objects))]
+    relation = None
+    if with_relation:
+        related = _related_pairs(scene)
+        if not related:
+            return None
+        a, b, predicate = _pick(rng, related)
+        order = [a, b] + [k for k in order if k not in (a, b)]
+        relation = (0, predicate, 1)
+    descs = []
+    for rank, k in enumerate(order):
+        unique = _unique_description(scene.objects[k], scene, names) if relation and rank < 2 else None
+        if relation and rank < 2 and unique is None:
+            return None
+        descs.append(unique or _describe(scene.objects[k], names))
+    return CaptionSpec(tuple(descs), relation=relation, total=len(scene.objects))
+
+
 _SPEC_MAKERS: dict[str, Callable[[Scene, np.random.Generator], CaptionSpec | None]] = {
+    "scene": _scene_spec,
+    "scene_relation": functools.partial(_scene_spec, with_relation=True),
     "single": _single_spec,
     "count": _count_spec,
     "objects": _pair_spec,
@@ -568,15 +621,18 @@ def _available_kinds(scene: Scene) -> list[str]:
     if not scene.objects:
         return []
     if len(scene.objects) == 1:
-        return ["single", "count"]
-    return ["single", "count", "objects", "relation"]
+        return ["scene", "scene", "single", "count"]
+    return ["scene", "scene_relation", "scene", "objects", "relation", "single", "count"]
 
 
 def _kind_order(kinds: list[str], rng: np.random.Generator) -> list[str]:
-    """Shuffled, with the two-object kinds first so extra slots favour binding and relations."""
-    first = [k for k in kinds if k in ("objects", "relation")]
-    rest = [k for k in kinds if k not in first]
-    return [first[int(k)] for k in rng.permutation(len(first))] + [rest[int(k)] for k in rng.permutation(len(rest))]
+    """Whole-scene kinds first, so most captions pick out their picture as real captions mostly do
+    (the COCO-protocol ceiling stays high), then the partial kinds in random order."""
+    scene = [k for k in kinds if k.startswith("scene")]
+    pairs = [k for k in kinds if k in ("objects", "relation")]
+    rest = [k for k in kinds if k not in scene and k not in pairs]
+    return (scene + [pairs[int(k)] for k in rng.permutation(len(pairs))]
+            + [rest[int(k)] for k in rng.permutation(len(rest))])
 
 
 def write_captions(scene: Scene, num: int, rng: np.random.Generator, attempts: int = 40) -> list[Caption]:
