@@ -29,6 +29,17 @@ class Pretrainer(nn.Module):
         self.specials = specials
         self.seed = cfg.train.seed
 
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """Move the EMA teacher, then let objectives update their own EMA state."""
+        self.model.update_teacher()
+        for objective in self.objectives.values():
+            objective.after_step()
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Model and objective-owned heads (the teacher's are frozen and not included)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
     def forward(self, batch: Batch, step: int, micro: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
         ctx = StepContext(self.model, batch, step, self.seed, self.specials, micro)
         total = torch.zeros((), device=batch.images.device)

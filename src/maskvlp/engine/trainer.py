@@ -168,9 +168,9 @@ def train(cfg: RunConfig, resume: str | None = None, show_progress: bool = True,
                 step += 1
                 continue
             nonfinite = 0
-            grad_norm = torch.nn.utils.clip_grad_norm_(module.model.student_parameters(), tc.grad_clip) if tc.grad_clip > 0 else torch.tensor(0.0)
+            grad_norm = torch.nn.utils.clip_grad_norm_(module.trainable_parameters(), tc.grad_clip) if tc.grad_clip > 0 else torch.tensor(0.0)
             optimizer.step()
-            module.model.update_teacher()
+            module.after_step()
             step += 1
             losses.append(step_loss)
             dt = time.monotonic() - t_step

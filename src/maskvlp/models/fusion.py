@@ -29,6 +29,9 @@ from maskvlp.models.transformer import Block, init_weights
 class FusionOutput:
     text: Tensor  # (B, Lt, text_width)
     image: Tensor | None  # (B, Li, text_width) in ``cross`` and ``merged`` modes, else None
+    # with ``return_attention``, the last text-stream block's weights (mean over heads):
+    text_self_attention: Tensor | None = None  # (B, Lt, Lt)
+    text_image_attention: Tensor | None = None  # (B, Lt, Li): how much each text token reads each image token
 
 
 class FusionEncoder(nn.Module):
@@ -72,27 +75,45 @@ class FusionEncoder(nn.Module):
         if self.modality_embed is not None:
             nn.init.trunc_normal_(self.modality_embed, std=0.02, a=-0.04, b=0.04)
 
-    def forward(self, text: Tensor, text_mask: Tensor, image: Tensor, image_mask: Tensor | None = None) -> FusionOutput:
-        """text_mask (B, Lt) 1/True = real token; image_mask (B, Li) or None = every image token is real."""
+    def forward(self, text: Tensor, text_mask: Tensor, image: Tensor, image_mask: Tensor | None = None,
+                return_attention: bool = False, need_image: bool = True) -> FusionOutput:
+        """text_mask (B, Lt) 1/True = real token; image_mask (B, Li) or None = every image token is real.
+
+        ``return_attention`` adds the last text-stream block's self-attention and text-to-image
+        weights, averaged over heads (teacher maps for guided masking and keyword selection).
+        ``need_image=False`` skips the last image-stream block in ``cross`` mode, whose output
+        only the image side would read (ITM and MLM read text states only).
+        """
         text_mask = text_mask.to(torch.bool)
         image_mask = None if image_mask is None else image_mask.to(torch.bool)
+        last = len(self.blocks) - 1
+        w_self = w_image = None
+
+        def text_block(i: int, blk: Block, x: Tensor, ctx: Tensor) -> Tensor:
+            nonlocal w_self, w_image
+            if not (return_attention and i == last):
+                return blk(x, mask=text_mask, context=ctx, context_mask=image_mask)
+            x, (ws, wc) = blk(x, mask=text_mask, context=ctx, context_mask=image_mask, return_attention="both")
+            w_self, w_image = ws.mean(1), wc.mean(1)
+            return x
+
         if self.mode == "text_to_image":
             x = text
-            for blk in self.blocks:
-                x = blk(x, mask=text_mask, context=image, context_mask=image_mask)
-            return FusionOutput(text=x, image=None)
+            for i, blk in enumerate(self.blocks):
+                x = text_block(i, blk, x, image)
+            return FusionOutput(x, None, w_self, w_image)
 
         assert self.image_proj is not None
         img = self.image_proj(image)
         if self.mode == "cross":
             assert self.image_blocks is not None
             t = text
-            for tblk, iblk in zip(self.blocks, self.image_blocks):
-                t, img = (
-                    tblk(t, mask=text_mask, context=img, context_mask=image_mask),
-                    iblk(img, mask=image_mask, context=t, context_mask=text_mask),
-                )
-            return FusionOutput(text=t, image=img)
+            for i, (tblk, iblk) in enumerate(zip(self.blocks, self.image_blocks)):
+                t_next = text_block(i, tblk, t, img)
+                if need_image or i < last:
+                    img = iblk(img, mask=image_mask, context=t, context_mask=text_mask)
+                t = t_next
+            return FusionOutput(t, img if need_image else None, w_self, w_image)
 
         assert self.modality_embed is not None
         lt = text.shape[1]
@@ -100,6 +121,11 @@ class FusionEncoder(nn.Module):
             image_mask = torch.ones(img.shape[:2], dtype=torch.bool, device=img.device)
         x = torch.cat([text + self.modality_embed[0], img + self.modality_embed[1]], dim=1)
         mask = torch.cat([text_mask, image_mask], dim=1)
-        for blk in self.blocks:
-            x = blk(x, mask=mask)
-        return FusionOutput(text=x[:, :lt], image=x[:, lt:])
+        for i, blk in enumerate(self.blocks):
+            if return_attention and i == last:
+                x, w = blk(x, mask=mask, return_attention=True)
+                w = w.mean(1)[:, :lt]
+                w_self, w_image = w[:, :, :lt], w[:, :, lt:]
+            else:
+                x = blk(x, mask=mask)
+        return FusionOutput(x[:, :lt], x[:, lt:], w_self, w_image)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-AttentionRequest = Union[bool, Literal["self", "cross"]]
+AttentionRequest = Union[bool, Literal["self", "cross", "both"]]
 
 
 def _key_mask(mask: Tensor | None) -> Tensor | None:
@@ -142,13 +142,15 @@ class Block(nn.Module):
         """x: (B, L, dim); mask: (B, L) over x's keys; context/context_mask: the cross-attention input.
 
         ``return_attention``: False -> the output tensor; True or ``"self"`` -> ``(out, self-attention
-        weights (B, heads, L, L))``; ``"cross"`` -> ``(out, cross-attention weights (B, heads, L, Lc))``.
+        weights (B, heads, L, L))``; ``"cross"`` -> ``(out, cross-attention weights (B, heads, L, Lc))``;
+        ``"both"`` -> ``(out, (self weights, cross weights or None))``.
         """
-        want_cross = return_attention == "cross"
-        want_self = bool(return_attention) and not want_cross
+        want_both = return_attention == "both"
+        want_cross = return_attention == "cross" or want_both
+        want_self = bool(return_attention) and (want_both or not want_cross)
         if self.cross is not None and context is None:
             raise ValueError("this block has cross-attention: pass `context`")
-        if want_cross and self.cross is None:
+        if return_attention == "cross" and self.cross is None:
             raise ValueError("return_attention='cross' on a block without cross-attention")
 
         if self.pre_norm:
@@ -168,6 +170,8 @@ class Block(nn.Module):
                 x = self.norm_cross(x + c)
             x = self.norm2(x + self.mlp(x))
 
+        if want_both:
+            return x, (w_self, w_cross)
         if want_cross:
             return x, w_cross
         if want_self:

@@ -108,23 +108,32 @@ class VLPModel(nn.Module):
         text = self.teacher["text"] if teacher else self.text
         proj = self.teacher["text_proj"] if teacher else self.text_proj
         tokens = text(input_ids, attention_mask)
-        if self.cfg.text.pool == "mean":  # average of real tokens (what sentence-transformers checkpoints learn)
-            m = attention_mask.unsqueeze(-1).to(tokens.dtype)
-            pooled = (tokens * m).sum(1) / m.sum(1).clamp(min=1)
-        else:  # BERT / ALBEF: the [CLS] token
-            pooled = tokens[:, 0]
-        return Encoded(tokens, F.normalize(proj(pooled), dim=-1))
+        return Encoded(tokens, F.normalize(proj(self.pool_text(tokens, attention_mask)), dim=-1))
 
-    def fuse(self, text_tokens, text_mask, image_tokens, image_mask=None, teacher: bool = False) -> FusionOutput:
+    def pool_text(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """One vector per caption, for ITC and ITM: [CLS] (BERT, ALBEF) or the mean of real tokens.
+
+        all-MiniLM-L6-v2 was trained with mean pooling and its [CLS] state carries little, so with
+        ``text.pool=mean`` the fused text is pooled the same way for the ITM head.
+        """
+        if self.cfg.text.pool == "mean":
+            m = attention_mask.unsqueeze(-1).to(tokens.dtype)
+            return (tokens * m).sum(1) / m.sum(1).clamp(min=1)
+        return tokens[:, 0]
+
+    def fuse(self, text_tokens, text_mask, image_tokens, image_mask=None, teacher: bool = False,
+             return_attention: bool = False, need_image: bool = True) -> FusionOutput:
         fusion = self.teacher["fusion"] if teacher else self.fusion
         if fusion is None:
             raise RuntimeError("this model was built without a fusion encoder (the recipe needs none)")
-        return fusion(text_tokens, text_mask.bool(), image_tokens, image_mask)
+        return fusion(text_tokens, text_mask.bool(), image_tokens, image_mask,
+                      return_attention=return_attention, need_image=need_image)
 
     def itm_logits(self, text_tokens, text_mask, image_tokens) -> torch.Tensor:
-        """Match / no-match logits [B, 2] from the fused [CLS] of each (text, image) pair."""
+        """Match / no-match logits [B, 2] from the pooled fused text of each (text, image) pair."""
         assert self.itm_head is not None, "the model has no ITM head"
-        return self.itm_head(self.fuse(text_tokens, text_mask, image_tokens).text[:, 0])
+        fused = self.fuse(text_tokens, text_mask, image_tokens, need_image=False).text
+        return self.itm_head(self.pool_text(fused, text_mask))
 
     @property
     def has_fusion(self) -> bool:

@@ -44,6 +44,11 @@ class Objective(nn.Module):
     def forward(self, ctx: Any) -> ObjectiveOutput:  # pragma: no cover - interface
         raise NotImplementedError
 
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """Called once after each optimizer step (after the EMA teacher moves): EMA copies of an
+        objective's own heads and running centres update here. Default: nothing."""
+
 
 def register(cls: type[Objective]) -> type[Objective]:
     _REGISTRY[cls.name] = cls

@@ -13,11 +13,13 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Callable
 
 import torch
 
 from maskvlp.engine.distributed import all_gather_nograd, local_slice
 from maskvlp.masking import MaskedText, bert_text_mask
+from maskvlp.models.fusion import FusionOutput
 from maskvlp.models.vlp import Encoded, VLPModel
 
 
@@ -53,6 +55,8 @@ class StepContext:
         self.seed = seed
         self.specials = specials
         self._masked: dict[tuple, MaskedText] = {}
+        self._image_masks: dict[str, object] = {}
+        self._masked_images: dict[tuple[str, str], Encoded] = {}
 
     # ------------------------------------------------------------------ randomness
     def generator(self, purpose: str) -> torch.Generator:
@@ -111,3 +115,62 @@ class StepContext:
                 noise=self.global_rand(f"text-mask-{ratio}", ids.shape[1], 3),
             )
         return self._masked[key]
+
+    # ------------------------------------------------------------------ masked images
+    @property
+    def num_patches(self) -> int:
+        return self.model.vision.num_patches
+
+    def patch_noise(self, purpose: str) -> torch.Tensor:
+        """Uniform (B_local, num_patches) noise drawn for the global batch, for patch masking."""
+        return self.global_rand(purpose, self.num_patches)
+
+    def image_mask(self, key: str, make: Callable[[], object]):
+        """The image mask registered under ``key`` (e.g. ``"random-0.75"``), made once per step.
+
+        Objectives that name the same key share the mask, and with it the masked forward pass.
+        """
+        if key not in self._image_masks:
+            self._image_masks[key] = make()
+        return self._image_masks[key]
+
+    def masked_image(self, key: str, mode: str = "drop") -> Encoded:
+        """The student's image pass under the mask registered as ``key``, computed once per step.
+
+        ``drop``: only visible patches enter the encoder (tokens = [CLS] + visible, in keep_idx
+        order; cheap, for objectives that need no output at masked positions). ``replace``: masked
+        patches become the learned mask token (tokens = [CLS] + every patch, positions aligned).
+        """
+        if (key, mode) not in self._masked_images:
+            mask = self._image_masks[key]
+            if mode == "drop":
+                enc = self.model.encode_image(self.batch.images, keep_idx=mask.keep_idx)
+            elif mode == "replace":
+                enc = self.model.encode_image(self.batch.images, mask=mask.masked)
+            else:
+                raise ValueError(f"masked image mode must be drop or replace, got {mode!r}")
+            self._masked_images[(key, mode)] = enc
+        return self._masked_images[(key, mode)]
+
+    # ------------------------------------------------------------------ fused passes
+    @cached_property
+    def teacher_fused(self) -> FusionOutput:
+        """The EMA teacher's fusion of the clean pair (one per step), with its last-layer attention.
+
+        Targets for MAMO's implicit modeling and SemMIM's patch targets, and the maps for
+        text-guided masking and SIMLA's keyword votes, all come from this one pass.
+        """
+        with torch.no_grad():
+            return self.model.fuse(self.teacher_text.tokens, self.batch.attention_mask, self.teacher_image.tokens,
+                                   teacher=True, return_attention=True)
+
+    @cached_property
+    def patch_relevance(self) -> torch.Tensor:
+        """(B, num_patches): how much the teacher's text attends to each patch (mean over real text tokens).
+
+        In ``merged`` mode this is the text-to-image share of self-attention; in the other modes the
+        text-to-image cross-attention. The [CLS] image token is left out.
+        """
+        weights = self.teacher_fused.text_image_attention  # (B, Lt, 1 + N)
+        m = self.batch.attention_mask.to(weights.dtype).unsqueeze(-1)
+        return ((weights * m).sum(1) / m.sum(1).clamp(min=1))[:, 1:]

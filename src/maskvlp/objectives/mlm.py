@@ -40,7 +40,7 @@ class MLM(Objective):
         masked = ctx.masked_text(self.ratio)
         mask = ctx.batch.attention_mask
         text = model.encode_text(masked.input_ids, mask).tokens
-        fused = model.fuse(text, mask, ctx.image.tokens).text[masked.masked]
+        fused = model.fuse(text, mask, ctx.image.tokens, need_image=False).text[masked.masked]
         logits = model.mlm_head(fused)
         labels = masked.labels[masked.masked]
         per_token = F.cross_entropy(logits.float(), labels, reduction="none")
@@ -48,7 +48,7 @@ class MLM(Objective):
         if alpha > 0:
             with torch.no_grad():
                 t_text = model.encode_text(masked.input_ids, mask, teacher=True).tokens
-                t_fused = model.fuse(t_text, mask, ctx.teacher_image.tokens, teacher=True).text[masked.masked]
+                t_fused = model.fuse(t_text, mask, ctx.teacher_image.tokens, teacher=True, need_image=False).text[masked.masked]
                 soft = F.softmax(model.teacher["mlm_head"](t_fused).float(), dim=-1)
             per_token = (1 - alpha) * per_token - alpha * (soft * F.log_softmax(logits.float(), dim=-1)).sum(-1)
         # mean over the masked tokens of the *global* batch (ranks hold different counts)
