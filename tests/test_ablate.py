@@ -3,8 +3,18 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from conftest import TINY
-from maskvlp.ablate import run_ablation
+from maskvlp.ablate import parse_seeds, run_ablation
+from maskvlp.config import ConfigError
+
+
+def test_seeds_are_a_count_or_a_list():
+    assert parse_seeds("2") == [0, 1] and parse_seeds("0,3") == [0, 3] and parse_seeds("5,") == [5]
+    for bad in ("0", "x", "1,1", ","):
+        with pytest.raises(ConfigError):
+            parse_seeds(bad)
 
 
 def test_ablation_table_spread_and_reuse(tmp_path):
@@ -14,6 +24,7 @@ def test_ablation_table_spread_and_reuse(tmp_path):
     assert set(summary) == {"clip / scratch / itc", "albef / scratch / itc", "albef / scratch / itm k=2"}
     entry = summary["albef / scratch / itm k=2"]
     assert entry["seeds"] == 2 and len(entry["img_r1"]["values"]) == 2
+    assert entry["steps"]["values"] == [2, 2]  # read back from each run's metrics.jsonl
     values = entry["binding_colour"]["values"]
     assert abs(entry["binding_colour"]["spread"] - (max(values) - min(values))) < 1e-9
     table = (out / "ablation.md").read_text()

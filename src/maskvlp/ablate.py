@@ -14,14 +14,48 @@ from maskvlp.config import load_config
 from maskvlp.engine.checkpoint import atomic_write_text
 from maskvlp.engine.logging import console
 
-HEADLINE = ("img_r1", "txt_r1", "sem_img_r1", "ceiling_img_r1", "binding_colour", "binding_relation")
+HEADLINE = ("img_r1", "txt_r1", "sem_img_r1", "ceiling_img_r1", "binding_colour", "binding_relation", "steps")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"2"`` -> seeds 0 and 1 (a count); ``"0,3"`` -> exactly those seeds (a list)."""
+    from maskvlp.config import ConfigError
+
+    try:
+        if "," in text:
+            seeds = [int(s) for s in text.split(",") if s.strip()]
+        else:
+            count = int(text)
+            if count < 1:
+                raise ConfigError(f"--seeds {text}: give a count >= 1 (2 -> seeds 0,1) or a list (0,1)")
+            seeds = list(range(count))
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r}: give a count (2 -> seeds 0,1) or a comma list (0,1)") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds {text!r}: the list is empty or repeats a seed")
+    return seeds
+
+
+def _steps_trained(run_dir: Path) -> int | None:
+    """The last logged step of a run (its metrics.jsonl), for the table."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    last = None
+    for line in path.read_text().splitlines():
+        if line.strip():
+            last = json.loads(line).get("step", last)
+    return last
 
 
 def run_ablation(recipes: list[str], inits: list[str], seeds: list[int], budget: float, output_dir: str,
-                 overrides: list[str], show_progress: bool = True) -> dict:
+                 overrides: list[str], show_progress: bool = True, steps: int = 0) -> dict:
+    """Train and evaluate every (recipe, init, seed); ``budget`` seconds each, or ``steps`` when budget is 0."""
     from maskvlp.pipeline import pretrain_and_evaluate
 
     out = Path(output_dir)
+    if steps > 0:
+        overrides = [*overrides, f"train.max_steps={steps}"]
     runs: dict[tuple[str, str], list[dict]] = {}
     configs = [(r, i, s) for r in recipes for i in inits for s in seeds]
     for n, (recipe, init, seed) in enumerate(configs, 1):
@@ -33,12 +67,17 @@ def run_ablation(recipes: list[str], inits: list[str], seeds: list[int], budget:
         if done.is_file():
             console.print(f"[{n}/{len(configs)}] {run_dir.name}: reusing finished run")
         else:
-            console.print(f"[{n}/{len(configs)}] {run_dir.name}: training for {budget:.0f} s")
+            length = f"{budget:.0f} s" if budget > 0 else f"{cfg.train.max_steps} steps"
+            console.print(f"[{n}/{len(configs)}] {run_dir.name}: training for {length}")
             pretrain_and_evaluate(cfg, show_progress=show_progress)
         results = json.loads(done.read_text())["results"]
+        trained = _steps_trained(run_dir)
+        if trained is not None:
+            for row in results.values():
+                row["steps"] = trained
         runs.setdefault((recipe, init), []).append(results)
     summary = summarise(runs)
-    md = markdown(summary, budget, seeds)
+    md = markdown(summary, budget, seeds, steps)
     atomic_write_text(out / "ablation.md", md)
     atomic_write_text(out / "ablation.json", json.dumps(summary, indent=1))
     plot(summary, out / "ablation.png")
@@ -62,12 +101,14 @@ def summarise(runs: dict[tuple[str, str], list[dict]]) -> dict:
     return summary
 
 
-def markdown(summary: dict, budget: float, seeds: list[int]) -> str:
+def markdown(summary: dict, budget: float, seeds: list[int], steps: int = 0) -> str:
     head = "| recipe | text init | scoring | " + " | ".join(HEADLINE) + " |"
-    lines = [f"Ablation: {budget:.0f} s of training per run, seeds {', '.join(map(str, seeds))}; "
+    length = f"{budget:.0f} s of training" if budget > 0 else f"{steps} training steps"
+    lines = [f"Ablation: {length} per run, seeds {', '.join(map(str, seeds))}; "
              "mean ± spread (max - min) over seeds.", "", head, "|" + "---|" * (3 + len(HEADLINE))]
     for entry in summary.values():
-        cells = [f"{entry[k]['mean']:.1f} ± {entry[k]['spread']:.1f}" if k in entry else "-" for k in HEADLINE]
+        cells = [(f"{entry[k]['mean']:.0f}" if k == "steps" else f"{entry[k]['mean']:.1f} ± {entry[k]['spread']:.1f}")
+                 if k in entry else "-" for k in HEADLINE]
         lines.append(f"| {entry['recipe']} | {entry['init']} | {entry['method']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

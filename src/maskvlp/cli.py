@@ -77,16 +77,22 @@ def evaluate_retrieval_cmd(
 def ablate(
     recipes: str = typer.Option("clip,albef", help="comma-separated recipe names"),
     inits: str = typer.Option("minilm,scratch", help="comma-separated text.init values"),
-    seeds: str = typer.Option("0,1", help="comma-separated training seeds"),
-    budget: float = typer.Option(420.0, help="training wall-clock seconds per run"),
+    seeds: str = typer.Option("2", help="a count (2 -> seeds 0,1) or a comma list of training seeds (0,3)"),
+    budget: float = typer.Option(420.0, help="training wall-clock seconds per run (0: use --steps)"),
+    steps: int = typer.Option(0, help="training steps per run instead of a wall-clock budget (with --budget 0)"),
     output_dir: str = typer.Option("runs/ablate", help="where runs, the table and the plot go"),
     overrides: Optional[list[str]] = OVERRIDES,
 ) -> None:
     """Train every recipe x text init x seed on the same data and budget; one table (mean ± spread) and a plot."""
-    from maskvlp.ablate import run_ablation
+    from maskvlp.ablate import parse_seeds, run_ablation
 
-    _run(run_ablation, [r for r in recipes.split(",") if r], [i for i in inits.split(",") if i],
-         [int(s) for s in seeds.split(",") if s], budget, output_dir, overrides or [])
+    def go() -> None:
+        if steps > 0 and budget > 0:
+            raise ConfigError("give either --budget (seconds) or --steps with --budget 0, not both")
+        run_ablation([r for r in recipes.split(",") if r], [i for i in inits.split(",") if i], parse_seeds(seeds),
+                     budget, output_dir, overrides or [], steps=steps)
+
+    _run(go)
 
 
 @app.command("recipes")

@@ -122,7 +122,9 @@ def train(cfg: RunConfig, resume: str | None = None, show_progress: bool = True,
         last_ckpt = path  # resuming a finished run leaves this as the result
         if info.is_main and show_progress:
             console.print(f"resumed from {path} at step {progress_state['step']}")
-    ddp = DistributedDataParallel(module) if info.world_size > 1 else module
+    # find_unused_parameters: a composed recipe may leave parts without gradient in a step (no ITC -> the
+    # contrastive projections; MIM alone -> the last text block), which plain DDP would wait for forever
+    ddp = DistributedDataParallel(module, find_unused_parameters=True) if info.world_size > 1 else module
 
     micro = tc.batch_size // tc.grad_accum
     if tc.batch_size % tc.grad_accum:

@@ -32,6 +32,7 @@ class FusionOutput:
     # with ``return_attention``, the last text-stream block's weights (mean over heads):
     text_self_attention: Tensor | None = None  # (B, Lt, Lt)
     text_image_attention: Tensor | None = None  # (B, Lt, Li): how much each text token reads each image token
+    text_cls_attention_heads: Tensor | None = None  # (B, heads, Lt): the [CLS] self-attention row per head
 
 
 class FusionEncoder(nn.Module):
@@ -87,21 +88,21 @@ class FusionEncoder(nn.Module):
         text_mask = text_mask.to(torch.bool)
         image_mask = None if image_mask is None else image_mask.to(torch.bool)
         last = len(self.blocks) - 1
-        w_self = w_image = None
+        w_self = w_image = w_cls = None
 
         def text_block(i: int, blk: Block, x: Tensor, ctx: Tensor) -> Tensor:
-            nonlocal w_self, w_image
+            nonlocal w_self, w_image, w_cls
             if not (return_attention and i == last):
                 return blk(x, mask=text_mask, context=ctx, context_mask=image_mask)
             x, (ws, wc) = blk(x, mask=text_mask, context=ctx, context_mask=image_mask, return_attention="both")
-            w_self, w_image = ws.mean(1), wc.mean(1)
+            w_cls, w_self, w_image = ws[:, :, 0], ws.mean(1), wc.mean(1)
             return x
 
         if self.mode == "text_to_image":
             x = text
             for i, blk in enumerate(self.blocks):
                 x = text_block(i, blk, x, image)
-            return FusionOutput(x, None, w_self, w_image)
+            return FusionOutput(x, None, w_self, w_image, w_cls)
 
         assert self.image_proj is not None
         img = self.image_proj(image)
@@ -113,7 +114,7 @@ class FusionEncoder(nn.Module):
                 if need_image or i < last:
                     img = iblk(img, mask=image_mask, context=t, context_mask=text_mask)
                 t = t_next
-            return FusionOutput(t, img if need_image else None, w_self, w_image)
+            return FusionOutput(t, img if need_image else None, w_self, w_image, w_cls)
 
         assert self.modality_embed is not None
         lt = text.shape[1]
@@ -124,8 +125,9 @@ class FusionEncoder(nn.Module):
         for i, blk in enumerate(self.blocks):
             if return_attention and i == last:
                 x, w = blk(x, mask=mask, return_attention=True)
+                w_cls = w[:, :, 0, :lt]
                 w = w.mean(1)[:, :lt]
                 w_self, w_image = w[:, :, :lt], w[:, :, lt:]
             else:
                 x = blk(x, mask=mask)
-        return FusionOutput(x[:, :lt], x[:, lt:], w_self, w_image)
+        return FusionOutput(x[:, :lt], x[:, lt:], w_self, w_image, w_cls)

@@ -105,14 +105,20 @@ class StepContext:
             return image @ all_gather_nograd(text).T / self.model.temp.detach()
 
     # ------------------------------------------------------------------ masked inputs
-    def masked_text(self, ratio: float = 0.15) -> MaskedText:
-        key = ("bert", ratio)
+    def masked_text(self, ratio: float = 0.15, mask_fraction: float = 0.8, random_fraction: float = 0.1) -> MaskedText:
+        """BERT-style text masking of the batch, made once per step per setting.
+
+        ``mask_fraction=1, random_fraction=0`` is plain all-[MASK] masking (SCL's completion pass).
+        """
+        key = ("bert", ratio, mask_fraction, random_fraction)
         if key not in self._masked:
             ids = self.batch.input_ids
+            split = "" if (mask_fraction, random_fraction) == (0.8, 0.1) else f"-{mask_fraction}-{random_fraction}"
             self._masked[key] = bert_text_mask(
                 ids, self.batch.attention_mask, self.specials.special_ids, self.specials.mask_id,
-                self.specials.vocab_size, None, ratio=ratio,
-                noise=self.global_rand(f"text-mask-{ratio}", ids.shape[1], 3),
+                self.specials.vocab_size, None, ratio=ratio, mask_fraction=mask_fraction,
+                random_fraction=random_fraction,
+                noise=self.global_rand(f"text-mask-{ratio}{split}", ids.shape[1], 3),
             )
         return self._masked[key]
 
