@@ -5,9 +5,10 @@
 Time: every recipe is built once in this process; rounds then time one optimizer step
 (forward, backward, AdamW, EMA update) of each recipe in turn, so a slow moment of a shared
 machine hits every recipe alike; the median over rounds is reported. Memory: each recipe runs
-a few steps in a fresh subprocess, and the peak resident memory above the process's resident
-memory just before its first step is the step's working memory (CPU PyTorch has no allocator
-statistics; on a GPU this would be ``torch.cuda.max_memory_allocated``).
+a few steps in a fresh subprocess, and the peak resident memory (VmHWM, reset after the first
+step) above the resident memory before the timed steps is the step's working memory: activations
+and gradients (CPU PyTorch has no allocator statistics; on a GPU this would be
+``torch.cuda.max_memory_allocated``).
 Do not run anything else on the machine meanwhile.
 """
 from __future__ import annotations
@@ -63,13 +64,22 @@ def step(module, optimizer, batch, index: int) -> float:
     return time.perf_counter() - t0
 
 
+def _peak_rss_mib() -> float:
+    """VmHWM, the peak resident memory since the last reset (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def memory_child(recipe: str, size: str, batch_size: int, steps: int, extra: list[str]) -> None:
     module, optimizer, batch = build(recipe, size, batch_size, extra)
+    step(module, optimizer, batch, 0)  # optimizer state exists from here on, as in training
     before = _rss_mib()
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM: building the world peaks far higher
     for i in range(steps):
-        step(module, optimizer, batch, i)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    print(json.dumps({"step_mib": peak - before}))
+        step(module, optimizer, batch, 1 + i)
+    print(json.dumps({"step_mib": _peak_rss_mib() - before}))
 
 
 def main() -> None:

@@ -237,7 +237,7 @@ def test_loss_falls_on_a_fixed_batch(tmp_path):
 
 def test_recipe_builds_and_runs_one_step(tmp_path):
     module, batch = _setup(tmp_path, "mamo")
-    assert module.model.fusion.mode == "cross"
+    assert module.model.fusion.mode == "two_stream"
     assert set(module.objectives) == {"itc", "itm", "mamo"}
     loss, metrics = module(batch, step=0)
     loss.backward()

@@ -218,7 +218,7 @@ def test_loss_falls_on_a_fixed_batch(tmp_path):
 # ------------------------------------------------------------------------------------------ recipe
 def test_recipe_builds_and_trains_one_step(tmp_path):
     cfg = tiny_config(tmp_path, "scl")
-    assert cfg.model.fusion.mode == "cross"
+    assert cfg.model.fusion.mode == "two_stream"
     assert [(o.name, o.weight) for o in cfg.objectives] == [("itc", 0.5), ("itm", 1.0), ("mlm", 1.0), ("scl", 1.0)]
     torch.manual_seed(0)
     module = Pretrainer(cfg, SPECIALS)

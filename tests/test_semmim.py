@@ -177,7 +177,7 @@ def test_loss_falls_on_a_fixed_batch(tmp_path):
 # ------------------------------------------------------------------------------------------ recipe
 def test_recipe_builds_and_trains_one_step(tmp_path):
     cfg = tiny_config(tmp_path, "semmim")
-    assert cfg.model.fusion.mode == "cross"
+    assert cfg.model.fusion.mode == "two_stream"
     assert [o.name for o in cfg.objectives] == ["itc", "itm", "mlm", "semmim"]
     torch.manual_seed(0)
     module = Pretrainer(cfg, SPECIALS)

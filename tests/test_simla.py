@@ -270,7 +270,7 @@ def test_psl_loss_falls_on_a_fixed_batch_and_keywords_rise(tmp_path):
 
 def test_recipe_builds_and_trains_one_step(tmp_path):
     cfg, module = _module(tmp_path)
-    assert cfg.model.fusion.mode == "cross"
+    assert cfg.model.fusion.mode == "two_stream"
     assert [o.name for o in cfg.objectives] == ["itc", "itm", "mlm", "simla_mim", "simla_psl"]
     assert all(o.weight == 1.0 for o in cfg.objectives)
     opt = torch.optim.AdamW(module.trainable_parameters(), lr=1e-3)

@@ -73,7 +73,7 @@ class ModelConfig:
     queue_size: int = 4096  # ITC momentum queue (ALBEF: 65,536)
 
 
-FUSION_MODES = ("text_to_image", "cross", "merged")
+FUSION_MODES = ("text_to_image", "cross", "merged", "two_stream")
 TEXT_INITS = ("minilm", "scratch", "hf")
 
 

@@ -7,6 +7,12 @@ Modes (``FusionConfig.mode``):
 * ``cross`` (METER / SCL two-way co-attention): image tokens are projected to the text width; each
   layer has a text block (self-attn, cross-attn to image, MLP) and an image block (self-attn,
   cross-attn to text, MLP), both reading the *previous* layer's output of the other stream.
+* ``two_stream`` (ours): the text stream is exactly ``text_to_image`` (it reads the image encoder's
+  tokens, never the image stream), and an image stream (image tokens projected to the text width,
+  self-attention, cross-attention to the text stream's input of the same layer, MLP) runs only when
+  an objective reads fused image states. ITM and MLM then cost what they cost in ALBEF, and only
+  MIM-style objectives pay for image-side fusion; in ``cross`` mode every ITM pair pays for both
+  streams (measured: the cross-fused recipes took 1.6-2.5x an ALBEF step, benchmarks/recipe_cost.py).
 * ``merged`` (MLIM single stream): image tokens projected to the text width, a learned modality
   embedding added to each stream, [text; image] concatenated through self-attention blocks, split back.
 
@@ -62,8 +68,11 @@ class FusionEncoder(nn.Module):
         self.image_proj: nn.Linear | None = None
         self.image_blocks: nn.ModuleList | None = None
         self.modality_embed: nn.Parameter | None = None
-        if mode == "text_to_image":
+        if mode in ("text_to_image", "two_stream"):
             self.blocks = nn.ModuleList(block(image_width) for _ in range(depth))
+            if mode == "two_stream":
+                self.image_proj = nn.Linear(image_width, text_width)
+                self.image_blocks = nn.ModuleList(block(text_width) for _ in range(depth))
         elif mode == "cross":
             self.image_proj = nn.Linear(image_width, text_width)
             self.blocks = nn.ModuleList(block(text_width) for _ in range(depth))
@@ -98,11 +107,19 @@ class FusionEncoder(nn.Module):
             w_cls, w_self, w_image = ws[:, :, 0], ws.mean(1), wc.mean(1)
             return x
 
-        if self.mode == "text_to_image":
+        if self.mode in ("text_to_image", "two_stream"):
             x = text
+            layer_inputs = []
             for i, blk in enumerate(self.blocks):
+                layer_inputs.append(x)
                 x = text_block(i, blk, x, image)
-            return FusionOutput(x, None, w_self, w_image, w_cls)
+            img = None
+            if self.mode == "two_stream" and need_image:
+                assert self.image_proj is not None and self.image_blocks is not None
+                img = self.image_proj(image)
+                for iblk, t_in in zip(self.image_blocks, layer_inputs):
+                    img = iblk(img, mask=image_mask, context=t_in, context_mask=text_mask)
+            return FusionOutput(x, img, w_self, w_image, w_cls)
 
         assert self.image_proj is not None
         img = self.image_proj(image)

@@ -57,6 +57,8 @@ class StepContext:
         self._masked: dict[tuple, MaskedText] = {}
         self._image_masks: dict[str, object] = {}
         self._masked_images: dict[tuple[str, str], Encoded] = {}
+        self._teacher_full: FusionOutput | None = None
+        self._teacher_text_only: FusionOutput | None = None
 
     # ------------------------------------------------------------------ randomness
     def generator(self, purpose: str) -> torch.Generator:
@@ -159,16 +161,31 @@ class StepContext:
         return self._masked_images[(key, mode)]
 
     # ------------------------------------------------------------------ fused passes
-    @cached_property
-    def teacher_fused(self) -> FusionOutput:
-        """The EMA teacher's fusion of the clean pair (one per step), with its last-layer attention.
+    def teacher_fusion(self, need_image: bool = True) -> FusionOutput:
+        """The EMA teacher's fusion of the clean pair, with its last-layer attention, once per step.
 
-        Targets for MAMO's implicit modeling and SemMIM's patch targets, and the maps for
-        text-guided masking and SIMLA's keyword votes, all come from this one pass.
+        Targets for MAMO's implicit modeling and SemMIM's patch targets (``need_image=True``), and
+        the maps for text-guided masking and SIMLA's keyword votes (text stream only), come from it.
+        A text-only request is served by a full pass already made; an objective that will read image
+        states should ask first, so the text stream is not run twice.
         """
+        if self._teacher_full is not None:
+            return self._teacher_full
+        if not need_image and self._teacher_text_only is not None:
+            return self._teacher_text_only
         with torch.no_grad():
-            return self.model.fuse(self.teacher_text.tokens, self.batch.attention_mask, self.teacher_image.tokens,
-                                   teacher=True, return_attention=True)
+            out = self.model.fuse(self.teacher_text.tokens, self.batch.attention_mask, self.teacher_image.tokens,
+                                  teacher=True, return_attention=True, need_image=need_image)
+        if need_image:
+            self._teacher_full = out
+        else:
+            self._teacher_text_only = out
+        return out
+
+    @property
+    def teacher_fused(self) -> FusionOutput:
+        """``teacher_fusion(need_image=True)``."""
+        return self.teacher_fusion(need_image=True)
 
     @cached_property
     def patch_relevance(self) -> torch.Tensor:
@@ -177,6 +194,6 @@ class StepContext:
         In ``merged`` mode this is the text-to-image share of self-attention; in the other modes the
         text-to-image cross-attention. The [CLS] image token is left out.
         """
-        weights = self.teacher_fused.text_image_attention  # (B, Lt, 1 + N)
+        weights = self.teacher_fusion(need_image=False).text_image_attention  # (B, Lt, 1 + N)
         m = self.batch.attention_mask.to(weights.dtype).unsqueeze(-1)
         return ((weights * m).sum(1) / m.sum(1).clamp(min=1))[:, 1:]

@@ -212,7 +212,7 @@ class MLIM(Objective):
                 or sum(weights) <= 0):
             raise ConfigError("objective 'mlim' parameter 'mode_weights' must be 3 non-negative numbers "
                               f"(heavy_image, heavy_text, light) with a positive sum, got {weights!r}")
-        if model_cfg.fusion.mode not in ("merged", "cross"):
+        if model_cfg.fusion.mode not in ("merged", "cross", "two_stream"):
             raise ConfigError(f"objective 'mlim' reconstructs pixels from image-side fused states: set "
                               f"model.fusion.mode=merged (MLIM's single stream) or cross, not "
                               f"{model_cfg.fusion.mode!r}")

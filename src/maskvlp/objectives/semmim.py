@@ -166,6 +166,7 @@ class SemMIM(Objective):
     def mask(self, ctx) -> ImageMask:
         """This step's text-guided mask (made once per step, shared under :meth:`mask_key`)."""
         def make() -> ImageMask:
+            ctx.teacher_fusion(need_image=True)  # the targets read image states: one teacher pass serves both
             return text_guided_patch_mask(ctx.patch_relevance, ctx.patch_noise(f"text-guided-{self.ratio}"),
                                           self.ratio, self.current_guided_fraction(ctx.step))
         return ctx.image_mask(self.mask_key(), make)

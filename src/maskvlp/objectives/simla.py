@@ -319,7 +319,7 @@ class SimlaPSL(Objective):
         ids = ctx.batch.input_ids
         if ids.numel() and int(ids.max()) >= self.vocab_size:
             raise ValueError(f"token id {int(ids.max())} is outside model.text.vocab_size={self.vocab_size}")
-        selected = select_keywords(ids, ctx.batch.attention_mask, ctx.specials.special_ids, ctx.teacher_fused,
+        selected = select_keywords(ids, ctx.batch.attention_mask, ctx.specials.special_ids, ctx.teacher_fusion(need_image=False),
                                    self.k, self.per_head)
         return selected, multi_hot(ids, selected, self.vocab_size)
 
