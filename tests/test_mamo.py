@@ -9,25 +9,12 @@ import torch
 
 from conftest import tiny_config
 from maskvlp.config import ConfigError
-from maskvlp.data.tokenizer import load_tokenizer
 from maskvlp.engine.pretrainer import Pretrainer
-from maskvlp.engine.trainer import text_specials
 from maskvlp.objectives import mamo as mamo_mod  # noqa: F401  (registration)
 from maskvlp.objectives.context import Batch, StepContext
 from maskvlp.objectives.mamo import (normalise_targets, regression_per_item, reinsert_mask_embedding)
+from test_objectives import CAPTIONS, SPECIALS, TOKENIZER
 
-TOKENIZER = load_tokenizer()
-SPECIALS = text_specials(TOKENIZER)
-CAPTIONS = [
-    "a small red metal circle to the left of a large blue square",
-    "a green triangle",
-    "a yellow star and a purple cross",
-    "two circles",
-    "there is a large gray matte square above a small cyan star",
-    "a red circle",
-    "an orange cross below a blue triangle",
-    "a blue circle",
-]
 
 
 def _only_mamo(tmp_path, params: str = "{}", mode: str = "cross") -> str:

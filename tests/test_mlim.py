@@ -11,26 +11,13 @@ import torch
 import maskvlp.objectives.mlim  # noqa: F401  (registration)
 from conftest import tiny_config
 from maskvlp.config import ConfigError
-from maskvlp.data.tokenizer import load_tokenizer
 from maskvlp.data.transforms import IMAGE_MEAN, IMAGE_STD
 from maskvlp.engine.pretrainer import Pretrainer
-from maskvlp.engine.trainer import text_specials
 from maskvlp.masking import mask_counts, modality_aware_mask
 from maskvlp.objectives.context import Batch, StepContext
 from maskvlp.objectives.mlim import MLIM, per_image_recon_error, pixel_region, upsample_factors
+from test_objectives import CAPTIONS, SPECIALS, TOKENIZER
 
-TOKENIZER = load_tokenizer()
-SPECIALS = text_specials(TOKENIZER)
-CAPTIONS = [
-    "a small red metal circle to the left of a large blue square",
-    "a green triangle",
-    "a yellow star and a purple cross",
-    "two circles",
-    "there is a large gray matte square above a small cyan star",
-    "a red circle",
-    "an orange cross below a blue triangle",
-    "a blue circle",
-]
 
 
 def _cfg(tmp_path, *extra):

@@ -10,34 +10,13 @@ import torch.nn.functional as F
 
 from conftest import tiny_config
 from maskvlp.config import ConfigError, ObjectiveConfig
-from maskvlp.data.tokenizer import load_tokenizer
 from maskvlp.engine.pretrainer import Pretrainer
-from maskvlp.engine.trainer import text_specials
 from maskvlp.objectives import build_objective
 from maskvlp.objectives import scl as scl_module  # registers "scl"
 from maskvlp.objectives.context import Batch, StepContext
 from maskvlp.objectives.scl import SCL, all_mask_text, completion_nce
+from test_objectives import CAPTIONS, SPECIALS, TOKENIZER, _batch
 
-TOKENIZER = load_tokenizer()
-SPECIALS = text_specials(TOKENIZER)
-CAPTIONS = [
-    "a small red metal circle to the left of a large blue square",
-    "a green triangle",
-    "a yellow star and a purple cross",
-    "two circles",
-    "there is a large gray matte square above a small cyan star",
-    "a red circle",
-    "an orange cross below a blue triangle",
-    "a blue circle",
-]
-
-
-def _batch(cfg) -> Batch:
-    tok = TOKENIZER.encode(CAPTIONS, cfg.model.text.max_len)
-    size = cfg.model.vision.image_size
-    g = torch.Generator().manual_seed(0)
-    return Batch(torch.randn(len(CAPTIONS), 3, size, size, generator=g), tok.input_ids, tok.attention_mask,
-                 torch.arange(len(CAPTIONS)), len(CAPTIONS))
 
 
 def _scl_only(tmp_path, *extra: str) -> tuple[Pretrainer, object]:

@@ -9,35 +9,14 @@ import torch
 import maskvlp.objectives.simla  # noqa: F401  (registration)
 from conftest import tiny_config
 from maskvlp.config import ConfigError, ObjectiveConfig
-from maskvlp.data.tokenizer import load_tokenizer
 from maskvlp.engine.pretrainer import Pretrainer
-from maskvlp.engine.trainer import text_specials
 from maskvlp.masking import multi_hot
 from maskvlp.models.fusion import FusionOutput
 from maskvlp.objectives.context import Batch, StepContext
 from maskvlp.objectives.simla import gather_patches, select_keywords
+from test_objectives import CAPTIONS, SPECIALS, TOKENIZER, _batch
 
-TOKENIZER = load_tokenizer()
-SPECIALS = text_specials(TOKENIZER)
-CAPTIONS = [
-    "a small red metal circle to the left of a large blue square",
-    "a green triangle",
-    "a yellow star and a purple cross",
-    "two circles",
-    "there is a large gray matte square above a small cyan star",
-    "a red circle",
-    "an orange cross below a blue triangle",
-    "a blue circle",
-]
 BIG_IMAGE = "model.vision.image_size=64"  # an 8 x 8 patch grid: 75/256 of 64 patches = 18.75 -> 19
-
-
-def _batch(cfg) -> Batch:
-    tok = TOKENIZER.encode(CAPTIONS, cfg.model.text.max_len)
-    size = cfg.model.vision.image_size
-    g = torch.Generator().manual_seed(0)
-    n = len(CAPTIONS)
-    return Batch(torch.randn(n, 3, size, size, generator=g), tok.input_ids, tok.attention_mask, torch.arange(n), n)
 
 
 def _module(tmp_path, *extra, objectives: list[ObjectiveConfig] | None = None):
