@@ -135,10 +135,16 @@ def bert_text_mask(
     n_random = (n_masked * random_fraction).round().long()
     rank_rest = torch.cumsum(rest.long(), dim=1)
     use_random = rest & (rank_rest <= n_random[:, None])
+    return _apply_text_mask(input_ids, masked, within, use_random, noise[..., 2], mask_id, vocab_size)
+
+
+def _apply_text_mask(input_ids: torch.Tensor, masked: torch.Tensor, to_mask: torch.Tensor, to_random: torch.Tensor,
+                     id_noise: torch.Tensor, mask_id: int, vocab_size: int) -> MaskedText:
+    """Write [MASK] / random ids (from ``id_noise`` in [0, 1)) into a copy; labels at every masked position."""
     ids = input_ids.clone()
-    ids[within] = mask_id
-    random_ids = (noise[..., 2] * vocab_size).long().clamp_(max=vocab_size - 1)
-    ids[use_random] = random_ids[use_random]
+    ids[to_mask] = mask_id
+    random_ids = (id_noise * vocab_size).long().clamp_(max=vocab_size - 1)
+    ids[to_random] = random_ids[to_random]
     labels = torch.full_like(input_ids, -100)
     labels[masked] = input_ids[masked]
     return MaskedText(ids, labels, masked)
@@ -220,13 +226,7 @@ def whole_word_text_mask(
         return eligible & word_flags.gather(1, owner)
 
     masked, to_mask, to_random = spread(chosen), spread(as_mask), spread(as_random)
-    ids = input_ids.clone()
-    ids[to_mask] = mask_id
-    random_ids = (noise[..., 2] * vocab_size).long().clamp_(max=vocab_size - 1)
-    ids[to_random] = random_ids[to_random]
-    labels = torch.full_like(input_ids, -100)
-    labels[masked] = input_ids[masked]
-    return MaskedText(ids, labels, masked)
+    return _apply_text_mask(input_ids, masked, to_mask, to_random, noise[..., 2], mask_id, vocab_size)
 
 
 # ------------------------------------------------------------------------------------ text: keywords
