@@ -31,6 +31,9 @@ from maskvlp.config import FUSION_MODES
 from maskvlp.models.transformer import Block, init_weights
 
 
+IMAGE_STATE_MODES = ("two_stream", "cross", "merged")  # the modes whose output has fused image states
+
+
 @dataclass
 class FusionOutput:
     text: Tensor  # (B, Lt, text_width)

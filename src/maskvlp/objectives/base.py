@@ -50,6 +50,15 @@ class Objective(nn.Module):
         objective's own heads and running centres update here. Default: nothing."""
 
 
+def require_image_states(name: str, model_cfg: ModelConfig, why: str) -> None:
+    """Refuse, at construction, a fusion mode that returns no fused image states (``text_to_image``)."""
+    from maskvlp.models.fusion import IMAGE_STATE_MODES
+
+    if model_cfg.fusion.mode not in IMAGE_STATE_MODES:
+        raise ConfigError(f"objective {name!r} {why}, but model.fusion.mode={model_cfg.fusion.mode} returns text "
+                          f"states only; set model.fusion.mode to one of {', '.join(IMAGE_STATE_MODES)}")
+
+
 def register(cls: type[Objective]) -> type[Objective]:
     _REGISTRY[cls.name] = cls
     return cls

@@ -63,7 +63,7 @@ from maskvlp.masking import ImageMask, MaskedText, random_patch_mask
 from maskvlp.models.fusion import FusionOutput
 from maskvlp.models.transformer import Block, init_weights
 from maskvlp.models.vlp import FUSION, MASK_TOKEN, MLM as MLM_HEAD, TEACHER, TEACHER_FUSION
-from maskvlp.objectives.base import Objective, ObjectiveOutput, register, take
+from maskvlp.objectives.base import Objective, ObjectiveOutput, register, require_image_states, take
 
 log = logging.getLogger(__name__)
 
@@ -185,11 +185,7 @@ class MAMO(Objective):
     def __init__(self, model_cfg: ModelConfig, **params: Any):
         super().__init__(model_cfg)
         p = take(params, self.DEFAULTS, self.name)
-        if model_cfg.fusion.mode == "text_to_image":
-            raise ConfigError(
-                "objective 'mamo' needs fused image states at masked patches, but model.fusion.mode="
-                "text_to_image returns text states only; set model.fusion.mode=cross (two-way, as mamo.yaml) "
-                "or model.fusion.mode=merged")
+        require_image_states(self.name, model_cfg, "needs fused image states at masked patches")
         if p["image_masking"] not in IMAGE_MASKING:
             raise ConfigError(f"objective 'mamo' parameter image_masking must be one of {', '.join(IMAGE_MASKING)}, "
                               f"got {p['image_masking']!r}")
@@ -269,8 +265,6 @@ class MAMO(Objective):
     def run(self, ctx) -> MAMOPass:
         """The jointly masked student pass, predictions at masked positions and their targets."""
         model = ctx.model
-        if model.fusion is not None and model.fusion.mode == "text_to_image":
-            raise ConfigError("objective 'mamo' needs model.fusion.mode=cross or merged, not text_to_image")
         image_mask, text_mask = self.masks(ctx)
         att = ctx.batch.attention_mask
         image_in = self.image_tokens(ctx, image_mask)

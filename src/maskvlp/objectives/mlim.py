@@ -60,7 +60,7 @@ from maskvlp.data.transforms import IMAGE_MEAN, IMAGE_STD
 from maskvlp.engine.distributed import mean_over_ranks_denominator
 from maskvlp.masking import MaskingMode, ModalityAwareMask, modality_aware_mask
 from maskvlp.models.vlp import FUSION, MASK_TOKEN, MLM as MLM_HEAD
-from maskvlp.objectives.base import Objective, ObjectiveOutput, register, take
+from maskvlp.objectives.base import Objective, ObjectiveOutput, register, require_image_states, take
 
 RECON_REGIONS = ("masked", "all")
 RECON_REDUCTIONS = ("mean", "sum")
@@ -212,10 +212,7 @@ class MLIM(Objective):
                 or sum(weights) <= 0):
             raise ConfigError("objective 'mlim' parameter 'mode_weights' must be 3 non-negative numbers "
                               f"(heavy_image, heavy_text, light) with a positive sum, got {weights!r}")
-        if model_cfg.fusion.mode not in ("merged", "cross", "two_stream"):
-            raise ConfigError(f"objective 'mlim' reconstructs pixels from image-side fused states: set "
-                              f"model.fusion.mode=merged (MLIM's single stream) or cross, not "
-                              f"{model_cfg.fusion.mode!r}")
+        require_image_states(self.name, model_cfg, "reconstructs pixels from image-side fused states")
         if p["decoder_width"] < 1:
             raise ConfigError(f"objective 'mlim' parameter 'decoder_width' must be >= 1, got {p['decoder_width']}")
         total = float(sum(weights))

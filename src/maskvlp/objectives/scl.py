@@ -58,7 +58,7 @@ from maskvlp.config import ConfigError, ModelConfig
 from maskvlp.engine.distributed import all_gather_nograd, all_gather_with_grad, local_slice
 from maskvlp.masking import MaskedText, random_patch_mask
 from maskvlp.models.vlp import FUSION
-from maskvlp.objectives.base import Objective, ObjectiveOutput, register, take
+from maskvlp.objectives.base import Objective, ObjectiveOutput, register, require_image_states, take
 
 
 def completion_nce(student: torch.Tensor, target: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,10 +99,7 @@ class SCL(Objective):
     def __init__(self, model_cfg: ModelConfig, **params: Any):
         super().__init__(model_cfg)
         p = take(params, self.DEFAULTS, self.name)
-        if model_cfg.fusion.mode == "text_to_image":
-            raise ConfigError(
-                "objective 'scl' completes the fused image [CLS], but model.fusion.mode=text_to_image returns only "
-                "text states; set model.fusion.mode=cross (SCL's two-way co-attention) or merged")
+        require_image_states(self.name, model_cfg, "completes the fused image [CLS]")
         if model_cfg.fusion.depth < 1:
             raise ConfigError("objective 'scl' needs a fusion encoder: set model.fusion.depth >= 1")
         if not 0.0 <= p["image_ratio"] < 1.0:

@@ -59,7 +59,7 @@ from maskvlp.config import ConfigError, ModelConfig
 from maskvlp.engine.distributed import mean_over_ranks_denominator, world_size
 from maskvlp.masking import ImageMask, guided_fraction_at, text_guided_patch_mask
 from maskvlp.models.vlp import FUSION, MASK_TOKEN, TEACHER, TEACHER_FUSION
-from maskvlp.objectives.base import Objective, ObjectiveOutput, register, take
+from maskvlp.objectives.base import Objective, ObjectiveOutput, register, require_image_states, take
 
 
 class PrototypeHead(nn.Module):
@@ -122,9 +122,7 @@ class SemMIM(Objective):
     def __init__(self, model_cfg: ModelConfig, **params: Any):
         super().__init__(model_cfg)
         p = take(params, self.DEFAULTS, self.name)
-        if model_cfg.fusion.mode == "text_to_image":
-            raise ConfigError("objective 'semmim' predicts at image positions after fusion, but fusion mode "
-                              "'text_to_image' returns no image states; set model.fusion.mode=cross (or merged)")
+        require_image_states(self.name, model_cfg, "predicts at image positions after fusion")
         if not 0.0 < p["ratio"] <= 1.0:
             raise ConfigError(f"objective 'semmim' parameter ratio must lie in (0, 1], got {p['ratio']}")
         if not 0.0 <= p["guided_fraction"] <= 1.0:

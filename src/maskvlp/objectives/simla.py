@@ -93,7 +93,7 @@ from maskvlp.masking import ImageMask, attention_votes, block_patch_mask, keywor
 from maskvlp.models.fusion import FusionOutput
 from maskvlp.models.transformer import init_weights
 from maskvlp.models.vlp import FUSION, MASK_TOKEN, TEACHER, TEACHER_FUSION
-from maskvlp.objectives.base import Objective, ObjectiveOutput, register, take
+from maskvlp.objectives.base import Objective, ObjectiveOutput, register, require_image_states, take
 
 SIMLA_MASK_RATIO = 75 / 256  # 75 of the 16 x 16 patches [code: SIMLA configs/Pretrain.yaml]
 MIM_TARGETS = ("codes", "features")
@@ -136,6 +136,7 @@ class SimlaMIM(Objective):
     def __init__(self, model_cfg: ModelConfig, **params: Any):
         super().__init__(model_cfg)
         p = take(params, self.DEFAULTS, self.name)
+        require_image_states(self.name, model_cfg, "reads the fusion's image stream at masked patches")
         if not 0.0 < p["ratio"] < 1.0:
             raise ConfigError(f"objective 'simla_mim' parameter ratio must lie in (0, 1), got {p['ratio']!r}")
         if p["min_block"] is not None and (not isinstance(p["min_block"], int) or p["min_block"] < 1):
@@ -224,8 +225,6 @@ class SimlaMIM(Objective):
         mask = self.image_mask(ctx)
         masked = ctx.masked_image(self.mask_key, "replace")  # [CLS] + all N patches, masked ones = mask token
         fused = model.fuse(ctx.text.tokens, ctx.batch.attention_mask, masked.tokens).image
-        if fused is None:
-            raise ConfigError("simla_mim reads the fusion's image stream: set model.fusion.mode=cross (or merged)")
         pred = self.head(gather_patches(fused[:, 1:], mask.mask_idx)).float()  # only the masked patches
         target = self.targets(ctx.teacher_image.tokens[:, 1:], mask.mask_idx)
         alpha = ramped_alpha(self.alpha, ctx.step, self.alpha_ramp_steps) if self.head_ema is not None else 0.0
