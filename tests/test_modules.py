@@ -154,6 +154,31 @@ def test_text_padding_does_not_leak() -> None:
     torch.testing.assert_close(text(ids2, mask)[0, :5], out[0, :5], atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("pre_norm", [True, False])
+@pytest.mark.parametrize("cross", [False, True])
+def test_padded_block_equals_each_sequence_alone(pre_norm: bool, cross: bool) -> None:
+    """Position-wise layers skip the padding (Packing): the real tokens' outputs and the weights'
+    gradients equal running each sequence alone, unpadded; the padding comes out as zeros."""
+    blk = Block(32, 4, 64, cross_kv_dim=24 if cross else None, pre_norm=pre_norm).eval()
+    lengths = [7, 4, 1]
+    x = torch.randn(3, 7, 32)
+    ctx = torch.randn(3, 5, 24) if cross else None
+    mask = torch.arange(7)[None, :] < torch.tensor(lengths)[:, None]
+    out = blk(x, mask=mask, context=ctx)
+    (out * mask[..., None]).square().sum().backward()
+    packed_grads = {n: p.grad.clone() for n, p in blk.named_parameters()}
+    blk.zero_grad()
+    total = 0.0
+    for i, n in enumerate(lengths):
+        alone = blk(x[i : i + 1, :n], context=None if ctx is None else ctx[i : i + 1])
+        torch.testing.assert_close(out[i, :n], alone[0], atol=ATOL, rtol=0)
+        assert torch.count_nonzero(out[i, n:]) == 0
+        total = total + alone.square().sum()
+    total.backward()
+    for name, p in blk.named_parameters():
+        torch.testing.assert_close(packed_grads[name], p.grad, atol=1e-4, rtol=1e-4, msg=name)
+
+
 @pytest.mark.parametrize("mode", ["text_to_image", "cross", "merged"])
 def test_fusion_modes(mode: str) -> None:
     fusion = FusionEncoder(mode, depth=2, text_width=32, image_width=24, heads=4, intermediate=64).eval()

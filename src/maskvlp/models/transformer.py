@@ -23,6 +23,39 @@ def _key_mask(mask: Tensor | None) -> Tensor | None:
     return mask.to(torch.bool)[:, None, None, :]
 
 
+class Packing:
+    """Where the real tokens of a padded (B, L) batch sit, so position-wise layers skip the padding.
+
+    Captions in a batch vary in length (on the synthetic world the mean is ~60% of the longest),
+    and the linear layers of a text block cost in proportion to the tokens they see. Projections,
+    MLPs and LayerNorms therefore run on the (N, D) real tokens only; attention alone needs the
+    padded (B, L, D) layout and gets it through :meth:`unpack` (padding rows are zero there,
+    and masked out as keys). The idea is BERT "unpadding" (as in MosaicBERT / FlashAttention's
+    varlen kernels) without a custom kernel.
+    """
+
+    def __init__(self, mask: Tensor):
+        self.shape = mask.shape
+        self.index = mask.reshape(-1).nonzero().squeeze(1)
+
+    @staticmethod
+    def for_mask(mask: Tensor | None) -> "Packing | None":
+        """A packing when ``mask`` (B, L) has padding, else None (nothing to skip)."""
+        if mask is None or bool(mask.all()):
+            return None
+        return Packing(mask.to(torch.bool))
+
+    def pack(self, x: Tensor) -> Tensor:
+        """(B, L, D) -> (N, D): the real tokens, row-major."""
+        return x.reshape(-1, x.shape[-1]).index_select(0, self.index)
+
+    def unpack(self, x: Tensor) -> Tensor:
+        """(N, D) -> (B, L, D) with zeros at the padding."""
+        b, length = self.shape
+        out = x.new_zeros(b * length, x.shape[-1]).index_copy(0, self.index, x)
+        return out.view(b, length, x.shape[-1])
+
+
 class Attention(nn.Module):
     """Multi-head attention; ``kv_dim`` set makes it cross-attention over a context of another width.
 
@@ -55,14 +88,21 @@ class Attention(nn.Module):
         context: Tensor | None = None,
         mask: Tensor | None = None,
         return_attention: bool = False,
+        packing: Packing | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """x: (B, Lq, dim); context: (B, Lk, kv_dim) or None for self-attention; mask: (B, Lk), True = attend.
 
         Returns (B, Lq, dim), or ``(out, weights)`` with weights (B, heads, Lq, Lk) when
         ``return_attention`` (explicit softmax path, slower, used for teacher attention maps).
+        With ``packing``, ``x`` and the output are the packed (N, dim) real query tokens; the
+        context (cross-attention) stays padded.
         """
-        context = x if context is None else context
-        q, k, v = self._split(self.query(x)), self._split(self.key(context)), self._split(self.value(context))
+        unpack = packing.unpack if packing is not None else (lambda t: t)
+        q = self._split(unpack(self.query(x)))
+        if context is None:
+            k, v = self._split(unpack(self.key(x))), self._split(unpack(self.value(x)))
+        else:
+            k, v = self._split(self.key(context)), self._split(self.value(context))
         key_mask = _key_mask(mask)
         p = self.dropout if self.training else 0.0
         weights = None
@@ -77,7 +117,10 @@ class Attention(nn.Module):
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=p)
         b, _, lq, _ = y.shape
-        y = self.out_drop(self.out(y.transpose(1, 2).reshape(b, lq, self.heads * self.head_dim)))
+        y = y.transpose(1, 2).reshape(b, lq, self.heads * self.head_dim)
+        if packing is not None:
+            y = packing.pack(y)
+        y = self.out_drop(self.out(y))
         return (y, weights) if return_attention else y
 
 
@@ -126,10 +169,11 @@ class Block(nn.Module):
         self.mlp = MLP(dim, mlp_hidden, dropout=dropout)
 
     @staticmethod
-    def _call(attn: Attention, x: Tensor, ctx: Tensor | None, mask: Tensor | None, want: bool) -> tuple[Tensor, Tensor | None]:
+    def _call(attn: Attention, x: Tensor, ctx: Tensor | None, mask: Tensor | None, want: bool,
+              packing: Packing | None) -> tuple[Tensor, Tensor | None]:
         if want:
-            return attn(x, ctx, mask, return_attention=True)
-        return attn(x, ctx, mask), None
+            return attn(x, ctx, mask, return_attention=True, packing=packing)
+        return attn(x, ctx, mask, packing=packing), None
 
     def forward(
         self,
@@ -144,6 +188,9 @@ class Block(nn.Module):
         ``return_attention``: False -> the output tensor; True or ``"self"`` -> ``(out, self-attention
         weights (B, heads, L, L))``; ``"cross"`` -> ``(out, cross-attention weights (B, heads, L, Lc))``;
         ``"both"`` -> ``(out, (self weights, cross weights or None))``.
+
+        When ``mask`` marks padding, every position-wise layer runs on the real tokens only
+        (:class:`Packing`); the output is zero at the padding.
         """
         want_both = return_attention == "both"
         want_cross = return_attention == "cross" or want_both
@@ -153,22 +200,27 @@ class Block(nn.Module):
         if return_attention == "cross" and self.cross is None:
             raise ValueError("return_attention='cross' on a block without cross-attention")
 
+        packing = Packing.for_mask(mask)
+        if packing is not None:
+            x = packing.pack(x)
         if self.pre_norm:
-            a, w_self = self._call(self.attn, self.norm1(x), None, mask, want_self)
+            a, w_self = self._call(self.attn, self.norm1(x), None, mask, want_self, packing)
             x = x + a
             w_cross = None
             if self.cross is not None:
-                c, w_cross = self._call(self.cross, self.norm_cross(x), context, context_mask, want_cross)
+                c, w_cross = self._call(self.cross, self.norm_cross(x), context, context_mask, want_cross, packing)
                 x = x + c
             x = x + self.mlp(self.norm2(x))
         else:
-            a, w_self = self._call(self.attn, x, None, mask, want_self)
+            a, w_self = self._call(self.attn, x, None, mask, want_self, packing)
             x = self.norm1(x + a)
             w_cross = None
             if self.cross is not None:
-                c, w_cross = self._call(self.cross, x, context, context_mask, want_cross)
+                c, w_cross = self._call(self.cross, x, context, context_mask, want_cross, packing)
                 x = self.norm_cross(x + c)
             x = self.norm2(x + self.mlp(x))
+        if packing is not None:
+            x = packing.unpack(x)
 
         if want_both:
             return x, (w_self, w_cross)
