@@ -59,7 +59,7 @@ def test_exact_ratios_and_predictions_only_at_masked_positions(tmp_path):
     assert not (out.text_mask.masked & ~eligible).any()
     n_text = int(out.text_mask.masked.sum())
     assert out.mlm_logits.shape[0] == n_text
-    assert out.mrm_pred.shape[0] == n_text + b * round(0.75 * n)
+    assert out.mrm_pred[0].shape[0] == n_text and out.mrm_pred[1].shape[0] == b * round(0.75 * n)
     # the same joint mask is what the context hands to any other objective
     assert ctx.image_mask(obj.image_key, lambda: None) is out.image_mask
     assert ctx.masked_text(0.25) is out.text_mask
@@ -114,14 +114,14 @@ def test_fusion_input_has_mask_embedding_plus_position_at_masked_patches(tmp_pat
 
 
 # ------------------------------------------------------------------------------------------ gradients
-@pytest.mark.parametrize("masking,mode", [("drop", "cross"), ("replace", "cross"), ("drop", "merged")])
+@pytest.mark.parametrize("masking,mode", [("drop", "two_stream"), ("replace", "cross"), ("drop", "merged")])
 def test_targets_and_teacher_get_no_gradient_the_student_does(tmp_path, masking, mode):
     module, batch = _setup(tmp_path, _only_mamo(tmp_path, f"{{image_masking: {masking}}}", mode))
     obj = module.objectives["mamo"]
     ctx = _ctx(module, batch)
     out = obj.run(ctx)
-    assert not out.mim_target.requires_grad and not out.mrm_target.requires_grad
-    assert out.mim_pred.requires_grad and out.mrm_pred.requires_grad
+    assert not out.mim_target.requires_grad and not any(t.requires_grad for t in out.mrm_target)
+    assert out.mim_pred.requires_grad and all(p.requires_grad for p in out.mrm_pred)
     loss, metrics = module(batch, step=0)
     loss.backward()
     for name, p in module.model.teacher.named_parameters():
@@ -144,12 +144,14 @@ def test_targets_and_teacher_get_no_gradient_the_student_does(tmp_path, masking,
         "vision block": vision.blocks[0].attn.query.weight,
         "text tower": module.model.text.blocks[0].attn.query.weight,
         "fusion text stream": fusion.blocks[-1].mlp.fc1.weight,
-        "fusion image projection": fusion.image_proj.weight,
         "MIM head": obj.mim_head.mlp[0].weight,
-        "MRM head": obj.mrm_head.mlp[0].weight,
+        "MRM text head": obj.mrm_head.mlp[0].weight,
+        "MRM image head": obj.mrm_image_head.mlp[0].weight,
         "MLM head": module.model.mlm_head.dense.weight,
     }
-    if mode == "cross":
+    if fusion.image_proj is not None:  # cross, merged: image tokens projected to the text width
+        nonzero["fusion image projection"] = fusion.image_proj.weight
+    if mode in ("cross", "two_stream"):
         nonzero["fusion image stream"] = fusion.image_blocks[-1].mlp.fc1.weight
     if masking == "drop":
         nonzero["mask embedding"] = obj.mask_embed

@@ -8,11 +8,14 @@ Modes (``FusionConfig.mode``):
   layer has a text block (self-attn, cross-attn to image, MLP) and an image block (self-attn,
   cross-attn to text, MLP), both reading the *previous* layer's output of the other stream.
 * ``two_stream`` (ours): the text stream is exactly ``text_to_image`` (it reads the image encoder's
-  tokens, never the image stream), and an image stream (image tokens projected to the text width,
-  self-attention, cross-attention to the text stream's input of the same layer, MLP) runs only when
-  an objective reads fused image states. ITM and MLM then cost what they cost in ALBEF, and only
-  MIM-style objectives pay for image-side fusion; in ``cross`` mode every ITM pair pays for both
-  streams (measured: the cross-fused recipes took 1.6-2.5x an ALBEF step, benchmarks/recipe_cost.py).
+  tokens, never the image stream), and an image stream (at the *vision* width: self-attention,
+  cross-attention to the text stream's input of the same layer, MLP) runs only when an objective
+  reads fused image states. ITM and MLM then cost what they cost in ALBEF, and only MIM-style
+  objectives pay for image-side fusion; in ``cross`` mode every ITM pair pays for both streams
+  (measured: the cross-fused recipes took 1.6-2.5x an ALBEF step, benchmarks/recipe_cost.py).
+  The image stream keeps the vision encoder's width (as a ViT continued with cross-attention)
+  rather than the text width: in ``tiny`` (ViT 192, text 384) that makes its blocks ~4x cheaper
+  over the 65 image tokens; where both widths agree (``base``) nothing changes.
 * ``merged`` (MLIM single stream): image tokens projected to the text width, a learned modality
   embedding added to each stream, [text; image] concatenated through self-attention blocks, split back.
 
@@ -34,10 +37,15 @@ from maskvlp.models.transformer import Block, init_weights
 IMAGE_STATE_MODES = ("two_stream", "cross", "merged")  # the modes whose output has fused image states
 
 
+def fused_image_width(mode: str, text_width: int, image_width: int) -> int:
+    """Width of the fused image states: the vision width in ``two_stream``, the text width otherwise."""
+    return image_width if mode == "two_stream" else text_width
+
+
 @dataclass
 class FusionOutput:
-    text: Tensor  # (B, Lt, text_width)
-    image: Tensor | None  # (B, Li, text_width) in ``cross`` and ``merged`` modes, else None
+    text: Tensor | None  # (B, Lt, text_width); None only when asked for image states alone (``need_text=False``)
+    image: Tensor | None  # (B, Li, fused_image_width) in the IMAGE_STATE_MODES when asked for, else None
     # with ``return_attention``, the last text-stream block's weights (mean over heads):
     text_self_attention: Tensor | None = None  # (B, Lt, Lt)
     text_image_attention: Tensor | None = None  # (B, Lt, Li): how much each text token reads each image token
@@ -57,13 +65,18 @@ class FusionEncoder(nn.Module):
         intermediate: int,
         eps: float = 1e-12,
         dropout: float = 0.0,
+        image_heads: int | None = None,
+        image_intermediate: int | None = None,
     ):
+        """``image_heads``/``image_intermediate`` size the ``two_stream`` image stream (vision width);
+        they default to ``heads`` and 4x the image width."""
         super().__init__()
         if mode not in FUSION_MODES:
             raise ValueError(f"unknown fusion mode {mode!r}; valid: {', '.join(FUSION_MODES)}")
         self.mode = mode
         self.depth = depth
         self.text_width = text_width
+        self.image_state_width = fused_image_width(mode, text_width, image_width)
 
         def block(cross_kv_dim: int | None) -> Block:
             return Block(text_width, heads, intermediate, cross_kv_dim=cross_kv_dim, pre_norm=False, eps=eps, dropout=dropout)
@@ -74,8 +87,10 @@ class FusionEncoder(nn.Module):
         if mode in ("text_to_image", "two_stream"):
             self.blocks = nn.ModuleList(block(image_width) for _ in range(depth))
             if mode == "two_stream":
-                self.image_proj = nn.Linear(image_width, text_width)
-                self.image_blocks = nn.ModuleList(block(text_width) for _ in range(depth))
+                self.image_blocks = nn.ModuleList(
+                    Block(image_width, image_heads or heads, image_intermediate or 4 * image_width,
+                          cross_kv_dim=text_width, pre_norm=False, eps=eps, dropout=dropout)
+                    for _ in range(depth))
         elif mode == "cross":
             self.image_proj = nn.Linear(image_width, text_width)
             self.blocks = nn.ModuleList(block(text_width) for _ in range(depth))
@@ -89,14 +104,19 @@ class FusionEncoder(nn.Module):
             nn.init.trunc_normal_(self.modality_embed, std=0.02, a=-0.04, b=0.04)
 
     def forward(self, text: Tensor, text_mask: Tensor, image: Tensor, image_mask: Tensor | None = None,
-                return_attention: bool = False, need_image: bool = True) -> FusionOutput:
+                return_attention: bool = False, need_image: bool = True, need_text: bool = True) -> FusionOutput:
         """text_mask (B, Lt) 1/True = real token; image_mask (B, Li) or None = every image token is real.
 
         ``return_attention`` adds the last text-stream block's self-attention and text-to-image
         weights, averaged over heads (teacher maps for guided masking and keyword selection).
-        ``need_image=False`` skips the last image-stream block in ``cross`` mode, whose output
-        only the image side would read (ITM and MLM read text states only).
+        ``need_image=False`` skips the image stream (``two_stream``) or its last block (``cross``),
+        which only the image side would read (ITM and MLM read text states only).
+        ``need_text=False`` (``two_stream`` and ``cross``, without attention maps) skips the last
+        text-stream block, which no image-stream block reads; ``text`` is then None.
         """
+        if not (need_text or need_image):
+            raise ValueError("fusion asked for neither text nor image states")
+        skip_last_text = not need_text and not return_attention and self.mode != "merged"
         text_mask = text_mask.to(torch.bool)
         image_mask = None if image_mask is None else image_mask.to(torch.bool)
         last = len(self.blocks) - 1
@@ -115,14 +135,15 @@ class FusionEncoder(nn.Module):
             layer_inputs = []
             for i, blk in enumerate(self.blocks):
                 layer_inputs.append(x)
-                x = text_block(i, blk, x, image)
+                if not (skip_last_text and i == last):
+                    x = text_block(i, blk, x, image)
             img = None
             if self.mode == "two_stream" and need_image:
-                assert self.image_proj is not None and self.image_blocks is not None
-                img = self.image_proj(image)
+                assert self.image_blocks is not None
+                img = image
                 for iblk, t_in in zip(self.image_blocks, layer_inputs):
                     img = iblk(img, mask=image_mask, context=t_in, context_mask=text_mask)
-            return FusionOutput(x, img, w_self, w_image, w_cls)
+            return FusionOutput(None if skip_last_text else x, img, w_self, w_image, w_cls)
 
         assert self.image_proj is not None
         img = self.image_proj(image)
@@ -130,11 +151,11 @@ class FusionEncoder(nn.Module):
             assert self.image_blocks is not None
             t = text
             for i, (tblk, iblk) in enumerate(zip(self.blocks, self.image_blocks)):
-                t_next = text_block(i, tblk, t, img)
+                t_next = None if (skip_last_text and i == last) else text_block(i, tblk, t, img)
                 if need_image or i < last:
                     img = iblk(img, mask=image_mask, context=t, context_mask=text_mask)
                 t = t_next
-            return FusionOutput(t, img if need_image else None, w_self, w_image, w_cls)
+            return FusionOutput(None if skip_last_text else t, img if need_image else None, w_self, w_image, w_cls)
 
         assert self.modality_embed is not None
         lt = text.shape[1]

@@ -53,6 +53,7 @@ class VLPModel(nn.Module):
             self.fusion = FusionEncoder(
                 cfg.fusion.mode, cfg.fusion.depth, cfg.text.width, cfg.vision.width, cfg.text.heads,
                 cfg.text.intermediate, eps=cfg.text.layer_norm_eps, dropout=cfg.dropout,
+                image_heads=cfg.vision.heads, image_intermediate=int(cfg.vision.width * cfg.vision.mlp_ratio),
             )
         if ITM in needs:
             self.itm_head = ITMHead(cfg.text.width)
@@ -122,12 +123,12 @@ class VLPModel(nn.Module):
         return tokens[:, 0]
 
     def fuse(self, text_tokens, text_mask, image_tokens, image_mask=None, teacher: bool = False,
-             return_attention: bool = False, need_image: bool = True) -> FusionOutput:
+             return_attention: bool = False, need_image: bool = True, need_text: bool = True) -> FusionOutput:
         fusion = self.teacher["fusion"] if teacher else self.fusion
         if fusion is None:
             raise RuntimeError("this model was built without a fusion encoder (the recipe needs none)")
         return fusion(text_tokens, text_mask.bool(), image_tokens, image_mask,
-                      return_attention=return_attention, need_image=need_image)
+                      return_attention=return_attention, need_image=need_image, need_text=need_text)
 
     def itm_logits(self, text_tokens, text_mask, image_tokens) -> torch.Tensor:
         """Match / no-match logits [B, 2] from the pooled fused text of each (text, image) pair."""

@@ -60,7 +60,7 @@ import torch.nn.functional as F
 from maskvlp.config import ConfigError, ModelConfig
 from maskvlp.engine.distributed import mean_over_ranks_denominator
 from maskvlp.masking import ImageMask, MaskedText, random_patch_mask
-from maskvlp.models.fusion import FusionOutput
+from maskvlp.models.fusion import FusionOutput, fused_image_width
 from maskvlp.models.transformer import Block, init_weights
 from maskvlp.models.vlp import FUSION, MASK_TOKEN, MLM as MLM_HEAD, TEACHER, TEACHER_FUSION
 from maskvlp.objectives.base import Objective, ObjectiveOutput, register, require_image_states, take
@@ -162,8 +162,10 @@ class MAMOPass:
     mlm_labels: torch.Tensor | None  # (Mt,)
     mim_pred: torch.Tensor | None  # (B * Mv, Dv)
     mim_target: torch.Tensor | None  # (B * Mv, Dv), layer-normalised, no grad
-    mrm_pred: torch.Tensor | None  # (Mt + B * Mv, Dt): masked text rows first, then masked patches
-    mrm_target: torch.Tensor | None
+    # MRM, per modality (the fused text and image states may differ in width): (masked text rows
+    # (Mt, Dt), masked patch rows (B * Mv, Df)); targets layer-normalised, no grad
+    mrm_pred: tuple[torch.Tensor, torch.Tensor] | None
+    mrm_target: tuple[torch.Tensor, torch.Tensor] | None
 
 
 @register
@@ -215,16 +217,20 @@ class MAMO(Objective):
         self.beta: float = float(p["smooth_l1_beta"])
 
         dt, dv = model_cfg.text.width, model_cfg.vision.width
+        df = fused_image_width(model_cfg.fusion.mode, dt, dv)  # fused image states (two_stream: vision width)
+        heads, hidden = ((model_cfg.text.heads, model_cfg.text.intermediate) if df == dt
+                         else (model_cfg.vision.heads, int(dv * model_cfg.vision.mlp_ratio)))
         # the objective's own mask embedding (drop path only; replace uses the ViT's mask token)
         self.mask_embed: nn.Parameter | None = None
         if self.image_masking == "drop":
             self.mask_embed = nn.Parameter(torch.zeros(1, 1, dv))
             nn.init.trunc_normal_(self.mask_embed, std=0.02, a=-0.04, b=0.04)  # as the ViT's mask token
         # heads exist only for the losses that are on, so every parameter gets a gradient (DDP)
-        self.mim_head = PredictorHead(dt, dv, p["mim_decoder_blocks"], model_cfg.text.heads,
-                                      model_cfg.text.intermediate, model_cfg.text.layer_norm_eps) \
-            if self.mim_weight > 0 else None
+        self.mim_head = PredictorHead(df, dv, p["mim_decoder_blocks"], heads, hidden,
+                                      model_cfg.text.layer_norm_eps) if self.mim_weight > 0 else None
+        # one MRM head per modality, each predicting its own stream's fused states
         self.mrm_head = PredictorHead(dt, dt) if self.mrm_weight > 0 else None
+        self.mrm_image_head = PredictorHead(df, df) if self.mrm_weight > 0 else None
 
     def required_parts(self) -> set[str]:
         parts = {FUSION}
@@ -288,14 +294,14 @@ class MAMO(Objective):
 
         mrm_pred = mrm_target = None
         if self.mrm_weight > 0:
-            assert self.mrm_head is not None
+            assert self.mrm_head is not None and self.mrm_image_head is not None
             teacher = ctx.teacher_fused
             if teacher.image is None:
                 raise ConfigError("objective 'mamo': the teacher's fusion returned no image states")
-            student = torch.cat([fused.text[where_t], gather_positions(fused.image, patch_idx).flatten(0, 1)])
-            mrm_pred = self.mrm_head(student)
-            mrm_target = normalise_targets(torch.cat([
-                teacher.text[where_t], gather_positions(teacher.image, patch_idx).flatten(0, 1)]))
+            mrm_pred = (self.mrm_head(fused.text[where_t]),
+                        self.mrm_image_head(gather_positions(fused.image, patch_idx).flatten(0, 1)))
+            mrm_target = (normalise_targets(teacher.text[where_t]),
+                          normalise_targets(gather_positions(teacher.image, patch_idx).flatten(0, 1)))
         return MAMOPass(image_mask, text_mask, image_in, fused, mlm_logits, mlm_labels,
                         mim_pred, mim_target, mrm_pred, mrm_target)
 
@@ -318,14 +324,15 @@ class MAMO(Objective):
             metrics.update(mamo_mim=float(mim.detach()), mamo_mim_pred_std=per_dim_std(out.mim_pred),
                            mamo_mim_target_std=per_dim_std(out.mim_target))
         if out.mrm_pred is not None:
-            per = regression_per_item(out.mrm_pred, out.mrm_target, self.regression, self.beta)
+            per_text, per_image = (regression_per_item(p, t, self.regression, self.beta)
+                                   for p, t in zip(out.mrm_pred, out.mrm_target))
+            per = torch.cat([per_text, per_image])  # every masked position weighs alike, as in one head
             mrm = per.sum() / mean_over_ranks_denominator(per.numel())
             total = total + self.mrm_weight * mrm
-            n_text = int(out.text_mask.masked.sum())
-            metrics.update(mamo_mrm=float(mrm.detach()), mamo_mrm_pred_std=per_dim_std(out.mrm_pred),
-                           mamo_mrm_target_std=per_dim_std(out.mrm_target))
-            if n_text:
-                metrics["mamo_mrm_text"] = float(per[:n_text].detach().mean())
-            if per.numel() > n_text:
-                metrics["mamo_mrm_image"] = float(per[n_text:].detach().mean())
+            metrics.update(mamo_mrm=float(mrm.detach()), mamo_mrm_pred_std=per_dim_std(out.mrm_pred[1]),
+                           mamo_mrm_target_std=per_dim_std(out.mrm_target[1]))
+            if per_text.numel():
+                metrics["mamo_mrm_text"] = float(per_text.detach().mean())
+            if per_image.numel():
+                metrics["mamo_mrm_image"] = float(per_image.detach().mean())
         return ObjectiveOutput(total, metrics)

@@ -58,6 +58,7 @@ import torch.nn.functional as F
 from maskvlp.config import ConfigError, ModelConfig
 from maskvlp.engine.distributed import mean_over_ranks_denominator, world_size
 from maskvlp.masking import ImageMask, guided_fraction_at, text_guided_patch_mask
+from maskvlp.models.fusion import fused_image_width
 from maskvlp.models.vlp import FUSION, MASK_TOKEN, TEACHER, TEACHER_FUSION
 from maskvlp.objectives.base import Objective, ObjectiveOutput, register, require_image_states, take
 
@@ -143,9 +144,10 @@ class SemMIM(Objective):
         self.mim_weight: float = float(p["mim_weight"])
         self.momentum: float = model_cfg.momentum
 
-        vision_w, fusion_w = model_cfg.vision.width, model_cfg.text.width
+        vision_w = model_cfg.vision.width
+        fusion_w = fused_image_width(model_cfg.fusion.mode, model_cfg.text.width, vision_w)
         self.head = PrototypeHead(vision_w, p["hidden_dim"], p["bottleneck_dim"], p["out_dim"])
-        # fused image states come at the fusion (text) width; g reads ViT-width features
+        # fused image states come at the text width except in two_stream; g reads ViT-width features
         self.fused_adapter: nn.Module = nn.Linear(fusion_w, vision_w) if fusion_w != vision_w else nn.Identity()
         self.teacher_head = copy.deepcopy(self.head).requires_grad_(False)
         self.teacher_fused_adapter = copy.deepcopy(self.fused_adapter).requires_grad_(False)
@@ -197,7 +199,7 @@ class SemMIM(Objective):
         loss_glb = per_image.sum() / mean_over_ranks_denominator(per_image.numel())
 
         # semantics-enhanced MIM: masked image fused with the text, predicted at masked patches
-        fused = model.fuse(ctx.text.tokens, ctx.batch.attention_mask, masked.tokens).image
+        fused = model.fuse(ctx.text.tokens, ctx.batch.attention_mask, masked.tokens, need_text=False).image
         if fused is None:
             raise ConfigError("objective 'semmim' needs image-side fused states; use model.fusion.mode=cross or merged")
         s_patch = self.head(self.fused_adapter(_gather_patches(fused[:, 1:], mask.mask_idx)))

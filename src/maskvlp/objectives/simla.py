@@ -90,7 +90,7 @@ import torch.nn.functional as F
 from maskvlp.config import ConfigError, ModelConfig
 from maskvlp.engine.distributed import all_gather_nograd, local_slice, mean_over_ranks_denominator
 from maskvlp.masking import ImageMask, attention_votes, block_patch_mask, keyword_token_mask, multi_hot
-from maskvlp.models.fusion import FusionOutput
+from maskvlp.models.fusion import FusionOutput, fused_image_width
 from maskvlp.models.transformer import init_weights
 from maskvlp.models.vlp import FUSION, MASK_TOKEN, TEACHER, TEACHER_FUSION
 from maskvlp.objectives.base import Objective, ObjectiveOutput, register, require_image_states, take
@@ -154,7 +154,8 @@ class SimlaMIM(Objective):
         self.alpha_ramp_steps: int = p["alpha_ramp_steps"]
         self.momentum: float = model_cfg.momentum
         self.mask_key = f"block-{self.ratio}" + ("" if self.min_block is None else f"-min{self.min_block}")
-        vision_width, fused_width = model_cfg.vision.width, model_cfg.text.width
+        vision_width = model_cfg.vision.width
+        fused_width = fused_image_width(model_cfg.fusion.mode, model_cfg.text.width, vision_width)
         if self.target == "codes":
             g = torch.Generator().manual_seed(p["codebook_seed"])
             codes = F.normalize(torch.randn(p["codebook_size"], vision_width, generator=g), dim=-1)
@@ -215,7 +216,7 @@ class SimlaMIM(Objective):
         assert self.head_ema is not None
         model = ctx.model
         image = model.encode_image(ctx.batch.images, mask=mask.masked, teacher=True).tokens
-        fused = model.fuse(ctx.teacher_text.tokens, ctx.batch.attention_mask, image, teacher=True).image
+        fused = model.fuse(ctx.teacher_text.tokens, ctx.batch.attention_mask, image, teacher=True, need_text=False).image
         out = self.head_ema(gather_patches(fused[:, 1:], mask.mask_idx)).float()
         return F.softmax(out, dim=-1) if self.target == "codes" else out
 
@@ -224,7 +225,7 @@ class SimlaMIM(Objective):
         model = ctx.model
         mask = self.image_mask(ctx)
         masked = ctx.masked_image(self.mask_key, "replace")  # [CLS] + all N patches, masked ones = mask token
-        fused = model.fuse(ctx.text.tokens, ctx.batch.attention_mask, masked.tokens).image
+        fused = model.fuse(ctx.text.tokens, ctx.batch.attention_mask, masked.tokens, need_text=False).image
         pred = self.head(gather_patches(fused[:, 1:], mask.mask_idx)).float()  # only the masked patches
         target = self.targets(ctx.teacher_image.tokens[:, 1:], mask.mask_idx)
         alpha = ramped_alpha(self.alpha, ctx.step, self.alpha_ramp_steps) if self.head_ema is not None else 0.0
