@@ -10,7 +10,8 @@ three losses:
   features of the *clean* image, through an objective-owned predictor head on the student's fused
   image states;
 * **MRM** (implicit target): at the masked positions of both modalities, regress the EMA teacher's
-  *fused* states of the clean pair, through a second, separate predictor head.
+  *fused* states of the clean pair, through separate predictor heads (one per modality: in
+  ``two_stream`` the fused image states have the vision width, the text states the text width).
 
 Provenance (tags as in ``/work/shared/research/methods_semmim_mamo_mlim.md``; the paper's method
 section was only available through a secondary reading):
@@ -26,7 +27,8 @@ section was only available through a secondary reading):
   layer-normalised without affine, so every target token has zero mean and unit variance over its
   features and an L2 loss cannot be dominated by a few large-scale tokens (MAE, MaskFeat and
   data2vec 2.0 regress with L2 too). MRM pools the masked text and image positions into one mean
-  (the paper's "unified" objective); per-modality values are logged. MLM here has no momentum
+  (the paper's "unified" objective); per-modality values are logged, and the collapse gauge
+  ``mamo_mrm_pred_std`` is that of the image-side predictions. MLM here has no momentum
   distillation (MAMO's MLM is the plain masked-word CE on the jointly masked pair). Predictor
   heads are two-layer MLPs (hidden = fusion width); ``mim_decoder_blocks > 0`` puts pre-norm
   transformer blocks over all fused image states before the MIM MLP.
