@@ -76,7 +76,6 @@ class FusionEncoder(nn.Module):
         self.mode = mode
         self.depth = depth
         self.text_width = text_width
-        self.image_state_width = fused_image_width(mode, text_width, image_width)
 
         def block(cross_kv_dim: int | None) -> Block:
             return Block(text_width, heads, intermediate, cross_kv_dim=cross_kv_dim, pre_norm=False, eps=eps, dropout=dropout)

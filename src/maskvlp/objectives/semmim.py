@@ -181,8 +181,6 @@ class SemMIM(Objective):
     def teacher_patch_logits(self, ctx, mask: ImageMask) -> torch.Tensor:
         """(B, M, K) EMA logits of the teacher's fused clean-pair image states at the masked patches."""
         fused = ctx.teacher_fused.image
-        if fused is None:
-            raise ConfigError("objective 'semmim' needs image-side fused states; use model.fusion.mode=cross or merged")
         states = _gather_patches(fused[:, 1:], mask.mask_idx)
         return self.teacher_head(self.teacher_fused_adapter(states))
 
@@ -200,8 +198,6 @@ class SemMIM(Objective):
 
         # semantics-enhanced MIM: masked image fused with the text, predicted at masked patches
         fused = model.fuse(ctx.text.tokens, ctx.batch.attention_mask, masked.tokens, need_text=False).image
-        if fused is None:
-            raise ConfigError("objective 'semmim' needs image-side fused states; use model.fusion.mode=cross or merged")
         s_patch = self.head(self.fused_adapter(_gather_patches(fused[:, 1:], mask.mask_idx)))
         t_patch = self.teacher_patch_logits(ctx, mask)
         per_patch = centred_sharpened_ce(s_patch, t_patch, self.patch_center, self.student_temp, self.teacher_temp)
