@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from maskvlp.config import FUSION_MODES
-from maskvlp.models.transformer import Block, init_weights
+from maskvlp.models.transformer import Block, Packing, init_weights
 
 
 IMAGE_STATE_MODES = ("two_stream", "cross", "merged")  # the modes whose output has fused image states
@@ -120,12 +120,14 @@ class FusionEncoder(nn.Module):
         image_mask = None if image_mask is None else image_mask.to(torch.bool)
         last = len(self.blocks) - 1
         w_self = w_image = w_cls = None
+        text_packing = Packing.for_mask(text_mask)  # once for every text-stream block
 
         def text_block(i: int, blk: Block, x: Tensor, ctx: Tensor) -> Tensor:
             nonlocal w_self, w_image, w_cls
             if not (return_attention and i == last):
-                return blk(x, mask=text_mask, context=ctx, context_mask=image_mask)
-            x, (ws, wc) = blk(x, mask=text_mask, context=ctx, context_mask=image_mask, return_attention="both")
+                return blk(x, mask=text_mask, context=ctx, context_mask=image_mask, packing=text_packing)
+            x, (ws, wc) = blk(x, mask=text_mask, context=ctx, context_mask=image_mask, return_attention="both",
+                              packing=text_packing)
             w_cls, w_self, w_image = ws[:, :, 0], ws.mean(1), wc.mean(1)
             return x
 
@@ -162,12 +164,13 @@ class FusionEncoder(nn.Module):
             image_mask = torch.ones(img.shape[:2], dtype=torch.bool, device=img.device)
         x = torch.cat([text + self.modality_embed[0], img + self.modality_embed[1]], dim=1)
         mask = torch.cat([text_mask, image_mask], dim=1)
+        packing = Packing.for_mask(mask)
         for i, blk in enumerate(self.blocks):
             if return_attention and i == last:
-                x, w = blk(x, mask=mask, return_attention=True)
+                x, w = blk(x, mask=mask, return_attention=True, packing=packing)
                 w_cls = w[:, :, 0, :lt]
                 w = w.mean(1)[:, :lt]
                 w_self, w_image = w[:, :, :lt], w[:, :, lt:]
             else:
-                x = blk(x, mask=mask)
+                x = blk(x, mask=mask, packing=packing)
         return FusionOutput(x[:, :lt], x[:, lt:], w_self, w_image, w_cls)

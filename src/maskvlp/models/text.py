@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from maskvlp.config import TextConfig
-from maskvlp.models.transformer import Block, init_weights
+from maskvlp.models.transformer import Block, Packing, init_weights
 
 
 class TextEncoder(nn.Module):
@@ -45,6 +45,7 @@ class TextEncoder(nn.Module):
         """input_ids (B, L); attention_mask (B, L) long or bool, 1 = real token -> hidden states (B, L, D)."""
         mask = attention_mask.to(torch.bool)
         x = self.embed(input_ids, token_type_ids)
+        packing = Packing.for_mask(mask)
         for block in self.blocks:
-            x = block(x, mask=mask)
+            x = block(x, mask=mask, packing=packing)
         return x
