@@ -7,7 +7,7 @@ import pytest
 
 from conftest import TINY
 from maskvlp.ablate import parse_seeds, run_ablation
-from maskvlp.config import ConfigError
+from maskvlp.config import ConfigError, load_config
 
 
 def test_seeds_are_a_count_or_a_list():
@@ -34,3 +34,33 @@ def test_ablation_table_spread_and_reuse(tmp_path):
     stamp = (out / "clip-scratch-s1" / "eval" / "results.json").stat().st_mtime_ns
     run_ablation(["clip"], ["scratch"], [1], 0, str(out), overrides, show_progress=False)  # finished: reused
     assert (out / "clip-scratch-s1" / "eval" / "results.json").stat().st_mtime_ns == stamp
+
+
+def test_interrupted_run_resumes_from_its_checkpoint_and_other_settings_are_refused(tmp_path):
+    from maskvlp.engine.trainer import train
+
+    out = tmp_path / "ablate"
+    overrides = [*TINY, "train.ckpt_every=2", "eval.itm_k=2"]
+    straight = run_ablation(["clip"], ["scratch"], [0], 0, str(tmp_path / "straight"), overrides,
+                            show_progress=False, steps=4)
+    # the same run "killed" after step 2's checkpoint, before its evaluation
+    cfg = load_config("clip", None, [*overrides, "train.max_steps=4", "model.text.init=scratch", "train.seed=0",
+                                     "train.time_budget=0", f"output_dir={out / 'clip-scratch-s0'}",
+                                     "eval.compare_random_init=false"])
+    assert train(cfg, show_progress=False, stop_after=2).steps == 2
+    first_ckpt = out / "clip-scratch-s0" / "checkpoints" / "step-0000002" / "model.safetensors"
+    stamp = first_ckpt.stat().st_mtime_ns
+    resumed = run_ablation(["clip"], ["scratch"], [0], 0, str(out), overrides, show_progress=False, steps=4)
+    losses = [json.loads(line)["loss"] for line in (out / "clip-scratch-s0" / "metrics.jsonl").read_text().splitlines()]
+    expected = [json.loads(line)["loss"] for line in
+                (tmp_path / "straight" / "clip-scratch-s0" / "metrics.jsonl").read_text().splitlines()]
+    assert first_ckpt.stat().st_mtime_ns == stamp  # continued from step 2, not restarted (which rewrites it)
+    assert len(losses) == 4 and losses == pytest.approx(expected, abs=1e-6)  # and equal to the straight run
+    assert resumed["clip / scratch / itc"]["img_r1"]["mean"] == pytest.approx(straight["clip / scratch / itc"]["img_r1"]["mean"])
+    # an unfinished run made with other settings is neither continued nor deleted
+    other = out / "other"
+    train(load_config("clip", None, [*overrides, "train.max_steps=4", f"output_dir={other / 'clip-scratch-s0'}"]),
+          show_progress=False, stop_after=2)
+    with pytest.raises(ConfigError, match="other settings"):
+        run_ablation(["clip"], ["scratch"], [0], 0, str(other), overrides, show_progress=False, steps=4)
+    assert (other / "clip-scratch-s0" / "checkpoints").is_dir()

@@ -1,7 +1,8 @@
 """``maskvlp ablate``: recipes x text inits x seeds on the same data and budget, one table and a plot.
 
-Each run lives in its own folder; a run whose evaluation already exists is reused, so an interrupted
-ablation continues where it stopped. The world (data) seed stays fixed; the training seed changes the
+Each run lives in its own folder; a run whose evaluation already exists is reused, and a run
+interrupted after a checkpoint resumes from it (its elapsed time is in the checkpoint, so the
+wall-clock budget stays the same), so an interrupted ablation continues where it stopped. The world (data) seed stays fixed; the training seed changes the
 initialisation and the batch order.
 """
 from __future__ import annotations
@@ -10,8 +11,10 @@ import json
 import statistics
 from pathlib import Path
 
-from maskvlp.config import load_config
-from maskvlp.engine.checkpoint import atomic_write_text
+import yaml
+
+from maskvlp.config import ConfigError, RunConfig, load_config, to_yaml
+from maskvlp.engine.checkpoint import atomic_write_text, list_checkpoints
 from maskvlp.engine.logging import console
 
 HEADLINE = ("img_r1", "txt_r1", "sem_img_r1", "ceiling_img_r1", "binding_colour", "binding_relation", "steps")
@@ -19,15 +22,14 @@ HEADLINE = ("img_r1", "txt_r1", "sem_img_r1", "ceiling_img_r1", "binding_colour"
 
 def parse_seeds(text: str) -> list[int]:
     """``"2"`` -> seeds 0 and 1 (a count); ``"0,3"`` -> exactly those seeds (a list)."""
-    from maskvlp.config import ConfigError
-
     try:
         if "," in text:
             seeds = [int(s) for s in text.split(",") if s.strip()]
         else:
             count = int(text)
             if count < 1:
-                raise ConfigError(f"--seeds {text}: give a count >= 1 (2 -> seeds 0,1) or a list (0,1)")
+                raise ConfigError(f"--seeds {text}: a single number is a count of seeds (2 -> seeds 0,1); "
+                                  "for seed 0 alone write --seeds 0, (a list)")
             seeds = list(range(count))
     except ValueError:
         raise ConfigError(f"--seeds {text!r}: give a count (2 -> seeds 0,1) or a comma list (0,1)") from None
@@ -46,6 +48,35 @@ def _steps_trained(run_dir: Path) -> int | None:
         if line.strip():
             last = json.loads(line).get("step", last)
     return last
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    flat: dict[str, object] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def resume_point(run_dir: Path, cfg: RunConfig) -> str | None:
+    """``"latest"`` when ``run_dir`` holds an unfinished run of exactly ``cfg`` with a checkpoint, else None.
+
+    An unfinished run made with other settings is refused rather than continued or overwritten:
+    mixing two settings in one row would be silently wrong, and deleting it would lose work.
+    """
+    if not list_checkpoints(run_dir):
+        return None
+    saved_path = run_dir / "config.yaml"
+    saved = _flatten(yaml.safe_load(saved_path.read_text())) if saved_path.is_file() else {}
+    wanted = _flatten(yaml.safe_load(to_yaml(cfg)))
+    differ = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
+    if differ:
+        shown = ", ".join(f"{k}: {saved.get(k)!r} -> {wanted.get(k)!r}" for k in differ[:4])
+        raise ConfigError(f"{run_dir} holds an unfinished run with other settings ({shown}); "
+                          "remove that folder or choose another --output-dir")
+    return "latest"
 
 
 def run_ablation(recipes: list[str], inits: list[str], seeds: list[int], budget: float, output_dir: str,
@@ -68,8 +99,10 @@ def run_ablation(recipes: list[str], inits: list[str], seeds: list[int], budget:
             console.print(f"[{n}/{len(configs)}] {run_dir.name}: reusing finished run")
         else:
             length = f"{budget:.0f} s" if budget > 0 else f"{cfg.train.max_steps} steps"
-            console.print(f"[{n}/{len(configs)}] {run_dir.name}: training for {length}")
-            pretrain_and_evaluate(cfg, show_progress=show_progress)
+            resume = resume_point(run_dir, cfg)
+            again = " (resuming its latest checkpoint)" if resume else ""
+            console.print(f"[{n}/{len(configs)}] {run_dir.name}: training for {length}{again}")
+            pretrain_and_evaluate(cfg, resume=resume, show_progress=show_progress)
         results = json.loads(done.read_text())["results"]
         trained = _steps_trained(run_dir)
         if trained is not None:
