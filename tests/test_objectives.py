@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import tiny_config
+from maskvlp.config import ConfigError
 from maskvlp.data.tokenizer import load_tokenizer
 from maskvlp.engine.pretrainer import Pretrainer
 from maskvlp.engine.trainer import text_specials
@@ -171,12 +172,13 @@ def test_clip_itc_hand_example(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ ITM
-def test_hard_negatives_are_never_the_positive_nor_the_same_image():
+@pytest.mark.parametrize("random_mix", [0.0, 0.5, 1.0])
+def test_hard_negatives_are_never_the_positive_nor_the_same_image(random_mix):
     keys = torch.tensor([0, 0, 1, 2, 2, 2, 3, 4])
     for seed in range(50):
         g = torch.Generator().manual_seed(seed)
         sim = torch.randn(8, 8, generator=g) * 5
-        idx, valid = sample_hard_negatives(sim, keys, keys, g)
+        idx, valid = sample_hard_negatives(sim, keys, keys, g, random_mix)
         assert valid.all()
         assert (keys[idx] != keys).all()
 
@@ -190,6 +192,28 @@ def test_hard_negatives_follow_similarity_and_flag_rows_without_candidates():
     sim[0, 3] = 20.0  # column 3 is by far the most confusable for row 0
     draws = [int(sample_hard_negatives(sim, keys, keys, torch.Generator().manual_seed(s))[0][0]) for s in range(30)]
     assert draws.count(3) >= 29
+
+
+@pytest.mark.parametrize("random_mix, p_hardest", [(1.0, 1 / 3), (0.5, 0.5 + 0.5 / 3)])
+def test_random_mix_draws_that_share_uniformly(random_mix, p_hardest):
+    """Row 0's allowed columns are 1, 2, 3 and column 3 holds nearly all the softmax mass: it is drawn
+    with probability (1 - mix) * 1 + mix / 3; the rest spreads evenly over columns 1 and 2."""
+    keys, sim = torch.tensor([0, 1, 2, 3]), torch.zeros(4, 4)
+    sim[0, 3] = 30.0
+    n = 1200
+    g = torch.Generator().manual_seed(0)
+    draws = torch.tensor([int(sample_hard_negatives(sim, keys, keys, g, random_mix)[0][0]) for _ in range(n)])
+    assert (draws != 0).all()
+    sd = (p_hardest * (1 - p_hardest) / n) ** 0.5
+    assert abs(float((draws == 3).float().mean()) - p_hardest) < 4 * sd
+    assert abs(int((draws == 1).sum()) - int((draws == 2).sum())) < 4 * (n * (1 - p_hardest)) ** 0.5
+
+
+def test_random_mix_outside_zero_one_is_a_config_error(tmp_path):
+    from maskvlp.objectives.base import build_objective
+
+    with pytest.raises(ConfigError, match="random_mix"):
+        build_objective("itm", tiny_config(tmp_path).model, {"random_mix": 1.5})
 
 
 # ------------------------------------------------------------------------------------------ gradients

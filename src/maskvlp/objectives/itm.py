@@ -4,7 +4,13 @@ For every text a negative image, and for every image a negative text, is sampled
 batch with probability proportional to the softmax of their ITC similarity, so the fusion encoder
 sees the pairs contrastive features confuse most. A candidate showing the same image as the
 positive (the positive itself, or another caption of its image) is never drawn; a row with no valid
-candidate contributes no negative. Negatives are drawn across all ranks (BLIP's
+candidate contributes no negative.
+
+``random_mix`` (ours; ALBEF: 0) draws that share of the probability uniformly over the other
+images instead: measured on the synthetic world (docs/baselines.md), ITM trained on hard negatives
+alone never sees an easy pair, stays at its class prior and even learns to call random pairs
+matches, while random negatives from the same checkpoint lift it above the prior in 20 steps.
+``hard_negatives: false`` is ``random_mix: 1``. Negatives are drawn across all ranks (BLIP's
 ``negative_all_rank``), with the same generator on every rank, so the draw does not depend on how
 the batch is split over processes.
 """
@@ -15,20 +21,25 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from maskvlp.config import ModelConfig
+from maskvlp.config import ConfigError, ModelConfig
 from maskvlp.engine.distributed import all_gather_nograd, all_gather_with_grad, local_slice, mean_over_ranks_denominator
 from maskvlp.models.vlp import FUSION, ITM as ITM_HEAD
 from maskvlp.objectives.base import Objective, ObjectiveOutput, register, take
 
 
 def sample_hard_negatives(similarity: torch.Tensor, row_keys: torch.Tensor, column_keys: torch.Tensor,
-                          generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each row, one column index drawn with p ∝ softmax(similarity) among columns of another image.
+                          generator: torch.Generator, random_mix: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each row, one column index among columns of another image, drawn with probability
+    ``(1 - random_mix) * softmax(similarity) + random_mix * uniform`` (both restricted to those columns).
 
     Returns (index, valid): rows whose every column shows their own image get valid=False.
     """
+    if not 0.0 <= random_mix <= 1.0:
+        raise ValueError(f"random_mix must be in [0, 1], got {random_mix}")
     allowed = row_keys[:, None] != column_keys[None, :]
-    weights = F.softmax(similarity.float(), dim=1).masked_fill(~allowed, 0.0)
+    hard = F.softmax(similarity.float().masked_fill(~allowed, float("-inf")), dim=1).nan_to_num(0.0)
+    uniform = allowed.float() / allowed.sum(1, keepdim=True).clamp(min=1)
+    weights = (1.0 - random_mix) * hard + random_mix * uniform
     weights = torch.where(allowed, weights + 1e-8, weights)  # keep underflowed candidates drawable
     valid = allowed.any(1)
     weights[~valid] = 1.0  # dummy row so multinomial accepts it; its draw is discarded
@@ -40,22 +51,24 @@ def sample_hard_negatives(similarity: torch.Tensor, row_keys: torch.Tensor, colu
 class ITM(Objective):
     name = "itm"
     needs = frozenset({FUSION, ITM_HEAD})
-    DEFAULTS: dict[str, Any] = {"hard_negatives": True}
+    DEFAULTS: dict[str, Any] = {"hard_negatives": True, "random_mix": 0.0}
 
     def __init__(self, model_cfg: ModelConfig, **params: Any):
         super().__init__(model_cfg)
-        self.hard_negatives: bool = take(params, self.DEFAULTS, self.name)["hard_negatives"]
+        p = take(params, self.DEFAULTS, self.name)
+        self.hard_negatives: bool = p["hard_negatives"]
+        self.random_mix = float(p["random_mix"]) if self.hard_negatives else 1.0
+        if not 0.0 <= self.random_mix <= 1.0:
+            raise ConfigError(f"objectives.itm.params.random_mix must be in [0, 1], got {self.random_mix}")
 
     def forward(self, ctx) -> ObjectiveOutput:
         model = ctx.model
         image, text, mask = ctx.image.tokens, ctx.text.tokens, ctx.batch.attention_mask
         keys = ctx.global_image_keys
-        sim = ctx.global_similarity
-        if not self.hard_negatives:
-            sim = torch.zeros_like(sim)
+        sim = ctx.global_similarity  # with random_mix 1 its share is zero
         g = ctx.generator("itm-negatives")
-        neg_image_of_text, ok_t = sample_hard_negatives(sim.T, keys, keys, g)  # text rows -> image columns
-        neg_text_of_image, ok_i = sample_hard_negatives(sim, keys, keys, g)  # image rows -> text columns
+        neg_image_of_text, ok_t = sample_hard_negatives(sim.T, keys, keys, g, self.random_mix)  # text rows -> image columns
+        neg_text_of_image, ok_i = sample_hard_negatives(sim, keys, keys, g, self.random_mix)  # image rows -> text columns
         rows = local_slice(ctx.batch.global_size)
         neg_image_of_text, ok_t = neg_image_of_text[rows], ok_t[rows]
         neg_text_of_image, ok_i = neg_text_of_image[rows], ok_i[rows]
