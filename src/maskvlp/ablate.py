@@ -2,8 +2,8 @@
 
 Each run lives in its own folder; a run whose evaluation already exists is reused, and a run
 interrupted after a checkpoint resumes from it (its elapsed time is in the checkpoint, so the
-wall-clock budget stays the same), so an interrupted ablation continues where it stopped. The world (data) seed stays fixed; the training seed changes the
-initialisation and the batch order.
+wall-clock budget stays the same), so an interrupted ablation continues where it stopped. The
+world (data) seed stays fixed; the training seed changes the initialisation and the batch order.
 """
 from __future__ import annotations
 

@@ -182,7 +182,7 @@ class Block(nn.Module):
         context: Tensor | None = None,
         context_mask: Tensor | None = None,
         return_attention: AttentionRequest = False,
-        packing: Packing | None | bool = True,
+        packing: Packing | None | bool = True,  # True: compute from mask
     ) -> Tensor | tuple[Tensor, Tensor]:
         """x: (B, L, dim); mask: (B, L) over x's keys; context/context_mask: the cross-attention input.
 
@@ -193,7 +193,7 @@ class Block(nn.Module):
         When ``mask`` marks padding, every position-wise layer runs on the real tokens only
         (:class:`Packing`); the output is zero at the padding. ``packing``: True computes it from
         ``mask``; an encoder passes ``Packing.for_mask(mask)`` once for all its blocks instead (each
-        computation is a host sync on a GPU); False or None runs padded.
+        computation is a host sync on a GPU); None runs padded.
         """
         want_both = return_attention == "both"
         want_cross = return_attention == "cross" or want_both
@@ -205,8 +205,6 @@ class Block(nn.Module):
 
         if packing is True:
             packing = Packing.for_mask(mask)
-        elif packing is False:
-            packing = None
         if packing is not None:
             x = packing.pack(x)
         if self.pre_norm:
