@@ -55,3 +55,35 @@ def test_image_states_alone_skip_the_last_text_block():
     alone = two(text, mask, image, need_text=False)
     assert alone.text is None and not calls
     torch.testing.assert_close(alone.image, full.image, atol=0, rtol=0)
+
+
+def _grads(module, loss):
+    module.zero_grad()
+    loss.backward()
+    return {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+
+
+def test_target_only_streams_keep_no_graph_and_leave_the_trained_gradients_unchanged():
+    """text_grad/image_grad=False: that output carries no graph, the other output's gradients are exact."""
+    for mode in ("two_stream", "cross"):
+        torch.manual_seed(0)
+        fusion = FusionEncoder(mode, 3, 32, 24, heads=4, intermediate=64)
+        text, mask, image = _pair()
+        image.requires_grad_(True)
+        full = fusion(text, mask, image)
+        image_only = fusion(text, mask, image, text_grad=False)  # text out is a target (SCL pass A)
+        text_only = fusion(text, mask, image, image_grad=False)  # image out is a target (SCL pass B)
+        torch.testing.assert_close(image_only.text, full.text, atol=0, rtol=0)
+        torch.testing.assert_close(text_only.image, full.image, atol=0, rtol=0)
+        assert not image_only.text.requires_grad and not text_only.image.requires_grad, mode
+        weights = torch.randn_like(full.image)
+        expected = _grads(fusion, (full.image * weights).sum() + 0 * full.text.sum())
+        got = _grads(fusion, (image_only.image * weights).sum())
+        assert expected.keys() >= got.keys() and all(torch.equal(got[n], expected[n]) for n in got), mode
+        # parameters the image output does not depend on get no gradient either way
+        assert all(expected[n].abs().sum() == 0 for n in expected.keys() - got.keys()), mode
+        weights = torch.randn_like(full.text)
+        full = fusion(text, mask, image)
+        expected = _grads(fusion, (full.text * weights).sum())
+        got = _grads(fusion, (text_only.text * weights).sum())
+        assert all(torch.equal(got[n], expected[n]) for n in expected), mode

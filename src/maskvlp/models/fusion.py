@@ -103,7 +103,8 @@ class FusionEncoder(nn.Module):
             nn.init.trunc_normal_(self.modality_embed, std=0.02, a=-0.04, b=0.04)
 
     def forward(self, text: Tensor, text_mask: Tensor, image: Tensor, image_mask: Tensor | None = None,
-                return_attention: bool = False, need_image: bool = True, need_text: bool = True) -> FusionOutput:
+                return_attention: bool = False, need_image: bool = True, need_text: bool = True,
+                text_grad: bool = True, image_grad: bool = True) -> FusionOutput:
         """text_mask (B, Lt) 1/True = real token; image_mask (B, Li) or None = every image token is real.
 
         ``return_attention`` adds the last text-stream block's self-attention and text-to-image
@@ -112,6 +113,10 @@ class FusionEncoder(nn.Module):
         which only the image side would read (ITM and MLM read text states only).
         ``need_text=False`` (``two_stream`` and ``cross``, without attention maps) skips the last
         text-stream block, which no image-stream block reads; ``text`` is then None.
+        ``text_grad=False`` / ``image_grad=False`` say that stream's *output* is only a (detached)
+        target: the blocks that only it depends on run without autograd, so their activations are not
+        kept for backward (SCL's completion targets). Blocks the other stream reads keep their graph,
+        so the gradient of everything that is trained is unchanged. ``merged`` cannot split its stream.
         """
         if not (need_text or need_image):
             raise ValueError("fusion asked for neither text nor image states")
@@ -131,19 +136,29 @@ class FusionEncoder(nn.Module):
             w_cls, w_self, w_image = ws[:, :, 0], ws.mean(1), wc.mean(1)
             return x
 
+        grad = torch.is_grad_enabled()
+        image_stream = self.mode in ("two_stream", "cross") and need_image
+        # a text block's output is read by the text output (all blocks) and, in the two-stream modes,
+        # by the image stream (every block but the last); the same holds the other way round in `cross`
+        text_block_grad = [grad and (text_grad or (image_stream and image_grad and i < last)) for i in range(last + 1)]
+        image_block_grad = [grad and (image_grad or (self.mode == "cross" and text_grad and i < last))
+                            for i in range(last + 1)]
+
         if self.mode in ("text_to_image", "two_stream"):
             x = text
             layer_inputs = []
             for i, blk in enumerate(self.blocks):
                 layer_inputs.append(x)
                 if not (skip_last_text and i == last):
-                    x = text_block(i, blk, x, image)
+                    with torch.set_grad_enabled(text_block_grad[i]):
+                        x = text_block(i, blk, x, image)
             img = None
             if self.mode == "two_stream" and need_image:
                 assert self.image_blocks is not None
                 img = image
-                for iblk, t_in in zip(self.image_blocks, layer_inputs):
-                    img = iblk(img, mask=image_mask, context=t_in, context_mask=text_mask)
+                for i, (iblk, t_in) in enumerate(zip(self.image_blocks, layer_inputs)):
+                    with torch.set_grad_enabled(image_block_grad[i]):
+                        img = iblk(img, mask=image_mask, context=t_in, context_mask=text_mask)
             return FusionOutput(None if skip_last_text else x, img, w_self, w_image, w_cls)
 
         assert self.image_proj is not None
@@ -152,9 +167,11 @@ class FusionEncoder(nn.Module):
             assert self.image_blocks is not None
             t = text
             for i, (tblk, iblk) in enumerate(zip(self.blocks, self.image_blocks)):
-                t_next = None if (skip_last_text and i == last) else text_block(i, tblk, t, img)
+                with torch.set_grad_enabled(text_block_grad[i]):
+                    t_next = None if (skip_last_text and i == last) else text_block(i, tblk, t, img)
                 if need_image or i < last:
-                    img = iblk(img, mask=image_mask, context=t, context_mask=text_mask)
+                    with torch.set_grad_enabled(image_block_grad[i]):
+                        img = iblk(img, mask=image_mask, context=t, context_mask=text_mask)
                 t = t_next
             return FusionOutput(None if skip_last_text else t, img if need_image else None, w_self, w_image, w_cls)
 
@@ -162,6 +179,7 @@ class FusionEncoder(nn.Module):
         lt = text.shape[1]
         if image_mask is None:
             image_mask = torch.ones(img.shape[:2], dtype=torch.bool, device=img.device)
+        # one stream: it keeps its graph when either output is trained (the flags cannot split it)
         x = torch.cat([text + self.modality_embed[0], img + self.modality_embed[1]], dim=1)
         mask = torch.cat([text_mask, image_mask], dim=1)
         packing = Packing.for_mask(mask)

@@ -123,12 +123,13 @@ class VLPModel(nn.Module):
         return tokens[:, 0]
 
     def fuse(self, text_tokens, text_mask, image_tokens, image_mask=None, teacher: bool = False,
-             return_attention: bool = False, need_image: bool = True, need_text: bool = True) -> FusionOutput:
+             return_attention: bool = False, need_image: bool = True, need_text: bool = True,
+             text_grad: bool = True, image_grad: bool = True) -> FusionOutput:
         fusion = self.teacher["fusion"] if teacher else self.fusion
         if fusion is None:
             raise RuntimeError("this model was built without a fusion encoder (the recipe needs none)")
-        return fusion(text_tokens, text_mask.bool(), image_tokens, image_mask,
-                      return_attention=return_attention, need_image=need_image, need_text=need_text)
+        return fusion(text_tokens, text_mask.bool(), image_tokens, image_mask, return_attention=return_attention,
+                      need_image=need_image, need_text=need_text, text_grad=text_grad, image_grad=image_grad)
 
     def itm_logits(self, text_tokens, text_mask, image_tokens) -> torch.Tensor:
         """Match / no-match logits [B, 2] from the pooled fused text of each (text, image) pair."""

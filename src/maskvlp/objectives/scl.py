@@ -42,6 +42,10 @@ Our choices, and why:
   rank computes in full, which after DDP's average scales it by 1/world_size. [ours]
 * ``temperature`` is fixed (not learned), 0.03 as hard-coded in the CVPR release. [code]
 
+Memory: each pass keeps autograd state only for what is trained: pass A's last text block and pass
+B's whole image stream compute targets alone and run without a graph (``text_grad`` /
+``image_grad`` of the fusion encoder; the gradient is unchanged, tests/test_fusion_two_stream.py).
+
 Cost per step: one extra ViT pass over the 20% visible patches (shared with any objective naming the
 same mask key), one text-tower pass over the masked caption (shared with any objective asking for
 the same all-[MASK] text mask), and two fusion passes with both streams. The full image and text
@@ -123,12 +127,12 @@ class SCL(Objective):
         mask = ctx.batch.attention_mask
         key = self.mask_key
         ctx.image_mask(key, lambda: random_patch_mask(ctx.patch_noise(key), self.image_ratio))
-        # pass A: 80% of patches dropped + full text
-        fused_a = model.fuse(ctx.text.tokens, mask, ctx.masked_image(key, "drop").tokens)
-        # pass B: full image + 40% of tokens [MASK]
+        # pass A: 80% of patches dropped + full text; its text output is only a target (no graph kept)
+        fused_a = model.fuse(ctx.text.tokens, mask, ctx.masked_image(key, "drop").tokens, text_grad=False)
+        # pass B: full image + 40% of tokens [MASK]; its image output is only a target
         masked = all_mask_text(ctx, self.text_ratio)
         text_b = model.encode_text(masked.input_ids, mask).tokens
-        fused_b = model.fuse(text_b, mask, ctx.image.tokens)
+        fused_b = model.fuse(text_b, mask, ctx.image.tokens, image_grad=False)
         if fused_a.image is None or fused_b.image is None:  # checked in __init__; also catches a model built otherwise
             raise ConfigError("objective 'scl' needs a fusion mode that returns image states (cross or merged)")
 
