@@ -83,3 +83,51 @@ def test_binding_figures_equal_a_direct_count(tmp_path):
         wins += 1.0 if s_true > s_false else 0.5 if s_true == s_false else 0.0
     assert abs(rows["itm k=2"]["binding_colour"] - 100 * wins / len(colour)) < 1e-6
     assert rows["itc"]["ceiling_img_r1"] <= 100
+
+
+def _mlm_logprob_one_probe(model, tok, rset, image_index: int, true_text: str, false_text: str):
+    """The reference: one probe at a time, unpadded; mask the differing tokens, sum log p of each twin's."""
+    t, f = tok.encode([true_text], 40), tok.encode([false_text], 40)
+    if t.input_ids.shape != f.input_ids.shape:
+        return None
+    diff = t.input_ids[0] != f.input_ids[0]
+    ids = t.input_ids.clone()
+    ids[0, diff] = tok.mask_id
+    img = model.encode_image(rset.image_batch([image_index]))
+    fused = model.fuse(model.encode_text(ids, t.attention_mask).tokens, t.attention_mask, img.tokens).text[0]
+    logp = F.log_softmax(model.mlm_head(fused[diff]), -1)
+    pick = lambda b: float(logp.gather(1, b.input_ids[0, diff][:, None]).sum())  # noqa: E731
+    return pick(t), pick(f)
+
+
+@torch.no_grad()
+def test_mlm_binding_equals_a_per_probe_loop(tmp_path):
+    cfg, tok, model, rset = _setup(tmp_path)
+    rows = evaluate_retrieval(model, tok, rset, dataclasses.replace(cfg.eval, itm_k=0), cfg.model.text.max_len,
+                              show_progress=False)
+    for kind, key in (("colour_swap", "binding_colour"), ("relation", "binding_relation")):
+        wins, n, skipped = 0.0, 0, 0
+        for image_index, k, true_text, false_text in rset.probes:
+            if k != kind:
+                continue
+            scores = _mlm_logprob_one_probe(model, tok, rset, image_index, true_text, false_text)
+            if scores is None:
+                skipped += 1
+                continue
+            n += 1
+            wins += 1.0 if scores[0] > scores[1] + 1e-9 else 0.0 if scores[0] < scores[1] - 1e-9 else 0.5
+        assert n > 0, f"the test world must produce comparable {kind} probes"
+        assert abs(rows["mlm"][key] - 100 * wins / n) < 1e-6, kind
+
+
+def test_masked_twins_mask_exactly_the_edited_tokens():
+    from maskvlp.eval.mlm_binding import masked_twins
+
+    true = torch.tensor([[101, 5, 6, 7, 8, 102, 0], [101, 5, 6, 102, 0, 0, 0], [101, 5, 102, 0, 0, 0, 0]])
+    false = torch.tensor([[101, 7, 6, 5, 8, 102, 0], [101, 5, 6, 9, 102, 0, 0], [101, 5, 102, 0, 0, 0, 0]])
+    true_mask, false_mask = (true != 0).long(), (false != 0).long()
+    ids, diff, comparable = masked_twins(true, false, true_mask, false_mask, mask_id=103)
+    assert comparable.tolist() == [True, False, False]  # row 1: lengths differ; row 2: identical twins
+    assert diff[0].tolist() == [False, True, False, True, False, False, False] and not diff[1:].any()
+    assert ids[0].tolist() == [101, 103, 6, 103, 8, 102, 0]
+    assert torch.equal(ids[0], false[0].masked_fill(diff[0], 103))  # one masked input serves both twins

@@ -3,7 +3,8 @@
 Each figure is given twice: by ITC ranking (the dual encoder alone) and by ITC shortlist + ITM
 re-rank of the top k (ALBEF's protocol, batched across queries, each distinct pair scored once).
 On the synthetic world the set also carries the truth of every caption for every image, which adds
-semantic R@1, the COCO-protocol ceiling, and the binding test.
+semantic R@1, the COCO-protocol ceiling, and the binding test; a model with an MLM head also gets
+the binding test scored by its MLM head (row ``mlm``, :mod:`maskvlp.eval.mlm_binding`).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 
 from maskvlp.config import EvalConfig
 from maskvlp.eval import metrics as M
+from maskvlp.eval.mlm_binding import mlm_binding
 from maskvlp.eval.rerank import recall_from_two, rerank_both, rerank_both_cost
 from maskvlp.engine.logging import console
 from maskvlp.models.vlp import VLPModel
@@ -102,6 +104,9 @@ def evaluate_retrieval(model: VLPModel, tokenizer, rset, cfg: EvalConfig, max_le
     probes = _encode_probes(model, tokenizer, rset, max_len, cfg.batch_size)
     if probes is not None:
         rows["itc"].update(_binding(probes, lambda i, t: (images.embed[i] * probes.embed[t]).sum(-1)))
+    if probes is not None and model.mlm_head is not None:
+        rows["mlm"] = mlm_binding(model, images.tokens, probes.image_idx, *probes.twins(), probes.kinds,
+                                  tokenizer.mask_id, cfg.batch_size)
     if model.has_fusion and cfg.itm_k > 0:
         score = itm_scorer(model, images, texts, cfg.batch_size)
         pairs = rerank_both_cost(sim, cfg.itm_k)
@@ -142,6 +147,11 @@ def _metrics(i2t: torch.Tensor, t2i: torch.Tensor, txt2img: torch.Tensor, truth:
 class _Probes(EncodedTexts):
     image_idx: torch.Tensor
     kinds: list[str]
+
+    def twins(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(true ids, false ids, true mask, false mask): texts 0..n-1 are true, n..2n-1 their twins."""
+        n = len(self.kinds)
+        return self.ids[:n], self.ids[n:], self.mask[:n], self.mask[n:]
 
 
 def _encode_probes(model, tokenizer, rset, max_len: int, batch_size: int) -> _Probes | None:
