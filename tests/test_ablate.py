@@ -21,7 +21,9 @@ def test_ablation_table_spread_and_reuse(tmp_path):
     out = tmp_path / "ablate"
     overrides = [*TINY, "train.max_steps=2", "eval.itm_k=2"]
     summary = run_ablation(["clip", "albef"], ["scratch"], [0, 1], 0, str(out), overrides, show_progress=False)
-    assert set(summary) == {"clip / scratch / itc", "albef / scratch / itc", "albef / scratch / itm k=2"}
+    assert set(summary) == {"clip / scratch / itc", "albef / scratch / itc", "albef / scratch / itm k=2",
+                            "albef / scratch / mlm"}  # mlm: binding scored by the MLM head (no retrieval)
+    assert "img_r1" not in summary["albef / scratch / mlm"] and "binding_colour" in summary["albef / scratch / mlm"]
     entry = summary["albef / scratch / itm k=2"]
     assert entry["seeds"] == 2 and len(entry["img_r1"]["values"]) == 2
     assert entry["steps"]["values"] == [2, 2]  # read back from each run's metrics.jsonl
@@ -34,6 +36,9 @@ def test_ablation_table_spread_and_reuse(tmp_path):
     stamp = (out / "clip-scratch-s1" / "eval" / "results.json").stat().st_mtime_ns
     run_ablation(["clip"], ["scratch"], [1], 0, str(out), overrides, show_progress=False)  # finished: reused
     assert (out / "clip-scratch-s1" / "eval" / "results.json").stat().st_mtime_ns == stamp
+    # a finished run made with other settings is never reused as this setting's row
+    with pytest.raises(ConfigError, match="a finished run with other settings.*train.weight_decay"):
+        run_ablation(["clip"], ["scratch"], [1], 0, str(out), [*overrides, "train.weight_decay=0.5"], show_progress=False)
 
 
 def test_interrupted_run_resumes_from_its_checkpoint_and_other_settings_are_refused(tmp_path):

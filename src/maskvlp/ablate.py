@@ -60,22 +60,32 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
-def resume_point(run_dir: Path, cfg: RunConfig) -> str | None:
-    """``"latest"`` when ``run_dir`` holds an unfinished run of exactly ``cfg`` with a checkpoint, else None.
+def check_same_settings(run_dir: Path, cfg: RunConfig, state: str) -> None:
+    """Refuse a run folder whose saved config differs from ``cfg`` in a setting both of them have.
 
-    An unfinished run made with other settings is refused rather than continued or overwritten:
-    mixing two settings in one row would be silently wrong, and deleting it would lose work.
+    Reusing or continuing a run made with other settings would put two settings in one row, and
+    deleting it would lose work, so neither happens. Settings only one side has are new schema
+    fields (whose defaults keep the old behaviour) and do not count, nor does ``output_dir`` (where,
+    not what): committed results stay usable from another checkout.
     """
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved = _flatten(yaml.safe_load(saved_path.read_text()))
+    wanted = _flatten(yaml.safe_load(to_yaml(cfg)))
+    differ = sorted(k for k in saved.keys() & wanted.keys() if saved[k] != wanted[k] and k != "output_dir")
+    if differ:
+        shown = ", ".join(f"{k}: {saved[k]!r} -> {wanted[k]!r}" for k in differ[:4])
+        raise ConfigError(f"{run_dir} holds {state} run with other settings ({shown}); "
+                          "remove that folder or choose another --output-dir")
+
+
+def resume_point(run_dir: Path, cfg: RunConfig) -> str | None:
+    """``"latest"`` when ``run_dir`` holds an unfinished run of ``cfg`` with a checkpoint, else None
+    (a run with other settings is refused: :func:`check_same_settings`)."""
     if not list_checkpoints(run_dir):
         return None
-    saved_path = run_dir / "config.yaml"
-    saved = _flatten(yaml.safe_load(saved_path.read_text())) if saved_path.is_file() else {}
-    wanted = _flatten(yaml.safe_load(to_yaml(cfg)))
-    differ = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
-    if differ:
-        shown = ", ".join(f"{k}: {saved.get(k)!r} -> {wanted.get(k)!r}" for k in differ[:4])
-        raise ConfigError(f"{run_dir} holds an unfinished run with other settings ({shown}); "
-                          "remove that folder or choose another --output-dir")
+    check_same_settings(run_dir, cfg, "an unfinished")
     return "latest"
 
 
@@ -96,6 +106,7 @@ def run_ablation(recipes: list[str], inits: list[str], seeds: list[int], budget:
                                           "eval.compare_random_init=false"])
         done = run_dir / "eval" / "results.json"
         if done.is_file():
+            check_same_settings(run_dir, cfg, "a finished")
             console.print(f"[{n}/{len(configs)}] {run_dir.name}: reusing finished run")
         else:
             length = f"{budget:.0f} s" if budget > 0 else f"{cfg.train.max_steps} steps"
