@@ -78,9 +78,10 @@ def test_evaluate_a_checkpoint_writes_results(trained_run, tmp_path):
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())["results"]
     rows = list(results)
-    assert rows == ["checkpoint · itc", "checkpoint · itm k=2"]
+    assert rows == ["checkpoint · itc", "checkpoint · itm k=2", "checkpoint · mlm"]  # mlm: binding by the MLM head
     for row in rows:
-        for key in ("img_r1", "txt_r1", "sem_img_r1", "ceiling_img_r1", "binding_colour", "binding_relation"):
+        retrieval = () if row.endswith("mlm") else ("img_r1", "txt_r1", "sem_img_r1", "ceiling_img_r1")
+        for key in (*retrieval, "binding_colour", "binding_relation"):
             assert 0 <= results[row][key] <= 100
     assert (out / "results.md").read_text().count("|") > 10
 

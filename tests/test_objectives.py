@@ -313,3 +313,18 @@ def test_student_batch_features_send_itc_gradient_through_the_in_batch_columns(t
         losses[mode] = metrics["loss_itc"]
     assert abs(losses["student"] - losses["teacher"]) < 1e-5
     assert not torch.allclose(grads["student"], grads["teacher"])
+
+
+def test_objective_weight_ramps_in_linearly_and_the_total_uses_it(tmp_path):
+    module = _module(tmp_path, "albef", "objectives.mlm.ramp_steps=4", "objectives.mlm.weight=2")
+    assert [module.weight("mlm", s) for s in (0, 1, 3, 10)] == [0.5, 1.0, 2.0, 2.0]
+    late = _module(tmp_path, "albef", "objectives.itm.start_step=3", "objectives.itm.ramp_steps=2")
+    assert [late.weight("itm", s) for s in (0, 2, 3, 4, 9)] == [0.0, 0.0, 0.5, 1.0, 1.0]
+    assert module.weight("itc", 0) == 1.0  # objectives without a ramp keep their weight from step 0
+    cfg = tiny_config(tmp_path)
+    batch = _batch(cfg)
+    total, metrics = module(batch, step=0)
+    expected = metrics["loss_itc"] + metrics["loss_itm"] + 0.5 * metrics["loss_mlm"]
+    assert float(total.detach()) == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ConfigError, match="ramp_steps must be >= 0"):
+        tiny_config(tmp_path, "albef", "objectives.mlm.ramp_steps=-1")

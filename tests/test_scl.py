@@ -204,8 +204,10 @@ def test_recipe_builds_and_trains_one_step(tmp_path):
     torch.manual_seed(0)
     module = Pretrainer(cfg, SPECIALS)
     assert module.model.teacher is None
+    # SCL joins once ITC has aligned encoders trained from nothing (docs/methods.md, "SCL and ITC")
+    assert [module.weight("scl", s) for s in (0, 149, 150, 174, 199)] == [0.0, 0.0, 0.02, 0.5, 1.0]
     opt = torch.optim.AdamW(module.trainable_parameters(), lr=1e-3)
-    loss, metrics = module(_batch(cfg), step=0)
+    loss, metrics = module(_batch(cfg), step=200)
     assert torch.isfinite(loss)
     for key in ("loss_itc", "loss_itm", "loss_mlm", "loss_scl", "scl_img_acc", "scl_txt_acc"):
         assert key in metrics

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from maskvlp.config import ConfigError, RunConfig, load_config, to_yaml
+from maskvlp.config import ConfigError, RunConfig, from_yaml, load_config, to_yaml
 from maskvlp.engine.checkpoint import atomic_write_text, list_checkpoints
 from maskvlp.engine.logging import console
 
@@ -50,10 +50,11 @@ def _steps_trained(run_dir: Path) -> int | None:
     return last
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+def _flatten(tree: dict | list, prefix: str = "") -> dict[str, object]:
+    """Dotted keys for every leaf (list items by index: ``objectives.3.weight``)."""
     flat: dict[str, object] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
+    for key, value in (tree.items() if isinstance(tree, dict) else enumerate(tree)):
+        if isinstance(value, (dict, list)) and value:
             flat.update(_flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
@@ -61,21 +62,22 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
 
 
 def check_same_settings(run_dir: Path, cfg: RunConfig, state: str) -> None:
-    """Refuse a run folder whose saved config differs from ``cfg`` in a setting both of them have.
+    """Refuse a run folder whose saved config differs from ``cfg``.
 
     Reusing or continuing a run made with other settings would put two settings in one row, and
-    deleting it would lose work, so neither happens. Settings only one side has are new schema
-    fields (whose defaults keep the old behaviour) and do not count, nor does ``output_dir`` (where,
-    not what): committed results stay usable from another checkout.
+    deleting it would lose work, so neither happens. The saved config is read through today's
+    schema, so a field added since (absent from it) takes its default, which keeps the old
+    behaviour: committed results stay usable unless a recipe now sets that field otherwise.
+    ``output_dir`` does not count (where, not what).
     """
     saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():
         return
-    saved = _flatten(yaml.safe_load(saved_path.read_text()))
+    saved = _flatten(yaml.safe_load(to_yaml(from_yaml(saved_path.read_text()))))
     wanted = _flatten(yaml.safe_load(to_yaml(cfg)))
-    differ = sorted(k for k in saved.keys() & wanted.keys() if saved[k] != wanted[k] and k != "output_dir")
+    differ = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k) and k != "output_dir")
     if differ:
-        shown = ", ".join(f"{k}: {saved[k]!r} -> {wanted[k]!r}" for k in differ[:4])
+        shown = ", ".join(f"{k}: {saved.get(k)!r} -> {wanted.get(k)!r}" for k in differ[:4])
         raise ConfigError(f"{run_dir} holds {state} run with other settings ({shown}); "
                           "remove that folder or choose another --output-dir")
 

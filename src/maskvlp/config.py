@@ -146,6 +146,11 @@ class ObjectiveConfig:
     name: str = MISSING
     weight: float = 1.0
     params: dict[str, Any] = field(default_factory=dict)
+    # weight 0 before start_step, then rising linearly over ramp_steps steps to `weight`
+    # (0, 0 = full weight from the first step). For objectives whose gradient would swamp ITC while
+    # encoders trained from nothing are not yet aligned (docs/methods.md, SCL).
+    start_step: int = 0
+    ramp_steps: int = 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,12 +271,12 @@ def _apply_objective_overrides(recipe_yaml: dict, changes: list[tuple[str, str, 
         else:
             raise ConfigError(f"objectives.{ref}: the recipe has no such objective; it has: {', '.join(map(str, names))}")
         parsed = yaml.safe_load(value)
-        if field_path == "weight":
-            target["weight"] = parsed
+        if field_path in ("weight", "start_step", "ramp_steps"):
+            target[field_path] = parsed
         elif field_path.startswith("params."):
             target.setdefault("params", {})[field_path[len("params."):]] = parsed
         else:
-            raise ConfigError(f"objectives.{ref}.{field_path}: only 'weight' and 'params.<key>' can be set")
+            raise ConfigError(f"objectives.{ref}.{field_path}: only 'weight', 'start_step', 'ramp_steps' and 'params.<key>' can be set")
 
 
 def load_config(recipe: str = "albef", size: str | None = None, overrides: list[str] | None = None) -> RunConfig:
@@ -330,6 +335,9 @@ def validate(cfg: RunConfig) -> None:
     valid = objective_names()
     for i, obj in enumerate(cfg.objectives):
         _choice(f"objectives.{i}.name", obj.name, tuple(valid))
+        for key in ("start_step", "ramp_steps"):
+            if getattr(obj, key) < 0:
+                raise ConfigError(f"objectives.{obj.name}.{key} must be >= 0, got {getattr(obj, key)}")
 
 
 def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:

@@ -19,10 +19,12 @@ class Pretrainer(nn.Module):
         super().__init__()
         objectives: dict[str, nn.Module] = {}
         self.weights: dict[str, float] = {}
+        self.schedules: dict[str, tuple[int, int]] = {}  # (start_step, ramp_steps)
         for spec in cfg.objectives:
             key = spec.name if spec.name not in objectives else f"{spec.name}_{len(objectives)}"
             objectives[key] = build_objective(spec.name, cfg.model, dict(spec.params))
             self.weights[key] = float(spec.weight)
+            self.schedules[key] = (int(spec.start_step), int(spec.ramp_steps))
         needs: set[str] = set().union(*(o.required_parts() for o in objectives.values()))
         self.model: VLPModel = build_model(cfg.model, needs, load_pretrained=load_pretrained)
         self.objectives = nn.ModuleDict(objectives)
@@ -40,13 +42,24 @@ class Pretrainer(nn.Module):
         """Model and objective-owned heads (the teacher's are frozen and not included)."""
         return [p for p in self.parameters() if p.requires_grad]
 
+    def weight(self, key: str, step: int) -> float:
+        """The objective's weight at ``step``: 0 before ``start_step``, then ramped in over ``ramp_steps``.
+
+        A zero-weight objective is still computed (its metrics stay logged and DDP sees every
+        parameter used), it just adds nothing to the loss.
+        """
+        start, ramp = self.schedules[key]
+        if step < start:
+            return 0.0
+        return self.weights[key] * (min(1.0, (step - start + 1) / ramp) if ramp > 0 else 1.0)
+
     def forward(self, batch: Batch, step: int, micro: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
         ctx = StepContext(self.model, batch, step, self.seed, self.specials, micro)
         total = torch.zeros((), device=batch.images.device)
         metrics: dict[str, float] = {}
         for key, objective in self.objectives.items():
             out = objective(ctx)
-            total = total + self.weights[key] * out.loss
+            total = total + self.weight(key, step) * out.loss
             metrics[f"loss_{key}"] = float(out.loss.detach())
             metrics.update(out.metrics)
         return total, metrics

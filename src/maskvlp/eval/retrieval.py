@@ -104,9 +104,6 @@ def evaluate_retrieval(model: VLPModel, tokenizer, rset, cfg: EvalConfig, max_le
     probes = _encode_probes(model, tokenizer, rset, max_len, cfg.batch_size)
     if probes is not None:
         rows["itc"].update(_binding(probes, lambda i, t: (images.embed[i] * probes.embed[t]).sum(-1)))
-    if probes is not None and model.mlm_head is not None:
-        rows["mlm"] = mlm_binding(model, images.tokens, probes.image_idx, *probes.twins(), probes.kinds,
-                                  tokenizer.mask_id, cfg.batch_size)
     if model.has_fusion and cfg.itm_k > 0:
         score = itm_scorer(model, images, texts, cfg.batch_size)
         pairs = rerank_both_cost(sim, cfg.itm_k)
@@ -117,6 +114,9 @@ def evaluate_retrieval(model: VLPModel, tokenizer, rset, cfg: EvalConfig, max_le
         rows[name] = _metrics(i2t, t2i, txt2img, truth)
         if probes is not None:
             rows[name].update(_binding(probes, itm_scorer(model, images, probes, cfg.batch_size)))
+    if probes is not None and model.mlm_head is not None:
+        rows["mlm"] = mlm_binding(model, images.tokens, probes.image_idx, *probes.twins(), probes.kinds,
+                                  tokenizer.mask_id, cfg.batch_size)
     model.train()
     return rows
 
