@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from maskvlp.config import EvalConfig
 from maskvlp.eval import metrics as M
-from maskvlp.eval.mlm_binding import mlm_binding
+from maskvlp.eval.mlm_binding import PROBE_KINDS, mlm_binding
 from maskvlp.eval.rerank import recall_from_two, rerank_both, rerank_both_cost
 from maskvlp.engine.logging import console
 from maskvlp.models.vlp import VLPModel
@@ -170,7 +170,7 @@ def _binding(probes: _Probes, score: Callable[[torch.Tensor, torch.Tensor], torc
     true_s = score(probes.image_idx, true_idx)
     false_s = score(probes.image_idx, true_idx + n)
     out = {}
-    for kind, key in (("colour_swap", "binding_colour"), ("relation", "binding_relation")):
+    for kind, key in PROBE_KINDS:
         sel = torch.as_tensor([k == kind for k in probes.kinds], device=true_s.device)
         if sel.any():
             out[key] = M.binding_accuracy(true_s[sel], false_s[sel])
