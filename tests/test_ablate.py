@@ -34,8 +34,15 @@ def test_ablation_table_spread_and_reuse(tmp_path):
     assert (out / "ablation.png").stat().st_size > 1000
     assert json.loads((out / "ablation.json").read_text()).keys() == summary.keys()
     stamp = (out / "clip-scratch-s1" / "eval" / "results.json").stat().st_mtime_ns
-    run_ablation(["clip"], ["scratch"], [1], 0, str(out), overrides, show_progress=False)  # finished: reused
+    piece = run_ablation(["clip"], ["scratch"], [1], 0, str(out), overrides, show_progress=False)  # finished: reused
     assert (out / "clip-scratch-s1" / "eval" / "results.json").stat().st_mtime_ns == stamp
+    # the table still covers every finished run in the folder, the requested ones first
+    assert list(piece) == ["clip / scratch / itc", *[k for k in summary if not k.startswith("clip")]]
+    assert piece["clip / scratch / itc"]["seeds"] == 2 and piece["albef / scratch / itm k=2"] == entry
+    assert "| albef | scratch | itm k=2 |" in (out / "ablation.md").read_text()
+    # a run trained to another length is left out of the table, not averaged in
+    other = run_ablation(["clip"], ["scratch"], [2], 0, str(out), overrides, show_progress=False, steps=1)
+    assert set(other) == {"clip / scratch / itc"} and other["clip / scratch / itc"]["seeds"] == 1
     # a finished run made with other settings is never reused as this setting's row
     with pytest.raises(ConfigError, match="a finished run with other settings.*train.weight_decay"):
         run_ablation(["clip"], ["scratch"], [1], 0, str(out), [*overrides, "train.weight_decay=0.5"], show_progress=False)

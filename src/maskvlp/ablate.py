@@ -3,7 +3,9 @@
 Each run lives in its own folder; a run whose evaluation already exists is reused, and a run
 interrupted after a checkpoint resumes from it (its elapsed time is in the checkpoint, so the
 wall-clock budget stays the same), so an interrupted ablation continues where it stopped. The
-world (data) seed stays fixed; the training seed changes the initialisation and the batch order.
+table covers every finished run in the output folder made to the same budget, so an ablation can
+be run in pieces (one init or seed at a time) into one folder. The world (data) seed stays fixed;
+the training seed changes the initialisation and the batch order.
 """
 from __future__ import annotations
 
@@ -99,13 +101,14 @@ def run_ablation(recipes: list[str], inits: list[str], seeds: list[int], budget:
     out = Path(output_dir)
     if steps > 0:
         overrides = [*overrides, f"train.max_steps={steps}"]
-    runs: dict[tuple[str, str], list[dict]] = {}
     configs = [(r, i, s) for r in recipes for i in inits for s in seeds]
+    max_steps: set[int] = set()
     for n, (recipe, init, seed) in enumerate(configs, 1):
         run_dir = out / f"{recipe}-{init}-s{seed}"
         cfg = load_config(recipe, None, [*overrides, f"model.text.init={init}", f"train.seed={seed}",
                                           f"train.time_budget={budget}", f"output_dir={run_dir}",
                                           "eval.compare_random_init=false"])
+        max_steps.add(cfg.train.max_steps)
         done = run_dir / "eval" / "results.json"
         if done.is_file():
             check_same_settings(run_dir, cfg, "a finished")
@@ -116,19 +119,58 @@ def run_ablation(recipes: list[str], inits: list[str], seeds: list[int], budget:
             again = " (resuming its latest checkpoint)" if resume else ""
             console.print(f"[{n}/{len(configs)}] {run_dir.name}: training for {length}{again}")
             pretrain_and_evaluate(cfg, resume=resume, show_progress=show_progress)
-        results = json.loads(done.read_text())["results"]
-        trained = _steps_trained(run_dir)
-        if trained is not None:
-            for row in results.values():
-                row["steps"] = trained
-        runs.setdefault((recipe, init), []).append(results)
+    runs, all_seeds = finished_runs(out, configs, budget, max_steps)
     summary = summarise(runs)
-    md = markdown(summary, budget, seeds, steps)
+    md = markdown(summary, budget, all_seeds, steps or min(max_steps))
     atomic_write_text(out / "ablation.md", md)
     atomic_write_text(out / "ablation.json", json.dumps(summary, indent=1))
     plot(summary, out / "ablation.png")
     print(md, flush=True)  # plain text: markdown must not be re-wrapped to the terminal width
     return summary
+
+
+def _run_name(name: str) -> tuple[str, str, int] | None:
+    """``"albef-scratch-s1"`` -> ("albef", "scratch", 1); None for a folder that is not a run."""
+    rest, _, seed = name.rpartition("-s")
+    recipe, _, init = rest.rpartition("-")
+    return (recipe, init, int(seed)) if recipe and init and seed.isdigit() else None
+
+
+def _run_results(run_dir: Path) -> dict:
+    """A finished run's evaluation rows, each with the steps it trained (read from metrics.jsonl)."""
+    results = json.loads((run_dir / "eval" / "results.json").read_text())["results"]
+    trained = _steps_trained(run_dir)
+    if trained is not None:
+        for row in results.values():
+            row["steps"] = trained
+    return results
+
+
+def finished_runs(out: Path, requested: list[tuple[str, str, int]], budget: float,
+                  max_steps: set[int]) -> tuple[dict[tuple[str, str], list[dict]], list[int]]:
+    """Every finished run in ``out`` trained to this budget: the requested ones first, in order.
+
+    The table covers the whole folder, not just this invocation, so an ablation run in pieces
+    (one init or one seed at a time) still ends with one complete table. A finished run trained
+    to another budget (seconds, or steps when the budget is 0) is left out and named: its row
+    would not compare.
+    """
+    found: dict[tuple[str, str, int], Path] = {}
+    for run_dir in sorted(p for p in out.iterdir() if p.is_dir()) if out.is_dir() else []:
+        key = _run_name(run_dir.name)
+        if key is None or not (run_dir / "eval" / "results.json").is_file() or not (run_dir / "config.yaml").is_file():
+            continue
+        saved = from_yaml((run_dir / "config.yaml").read_text()).train
+        same = saved.time_budget == budget if budget > 0 else saved.time_budget == 0 and saved.max_steps in max_steps
+        if same:
+            found[key] = run_dir
+        else:
+            console.print(f"{run_dir.name}: trained to another budget, left out of the table")
+    groups: dict[tuple[str, str], list[int]] = {}
+    for recipe, init, seed in [k for k in requested if k in found] + sorted(k for k in found if k not in requested):
+        groups.setdefault((recipe, init), []).append(seed)
+    runs = {group: [_run_results(found[(*group, seed)]) for seed in sorted(seeds)] for group, seeds in groups.items()}
+    return runs, sorted({seed for seeds in groups.values() for seed in seeds})
 
 
 def summarise(runs: dict[tuple[str, str], list[dict]]) -> dict:
@@ -148,14 +190,15 @@ def summarise(runs: dict[tuple[str, str], list[dict]]) -> dict:
 
 
 def markdown(summary: dict, budget: float, seeds: list[int], steps: int = 0) -> str:
-    head = "| recipe | text init | scoring | " + " | ".join(HEADLINE) + " |"
+    head = "| recipe | text init | scoring | " + " | ".join(HEADLINE) + " | seeds |"
     length = f"{budget:.0f} s of training" if budget > 0 else f"{steps} training steps"
     lines = [f"Ablation: {length} per run, seeds {', '.join(map(str, seeds))}; "
-             "mean ± spread (max - min) over seeds.", "", head, "|" + "---|" * (3 + len(HEADLINE))]
+             "mean ± spread (max - min) over the seeds each row has.", "", head, "|" + "---|" * (4 + len(HEADLINE))]
     for entry in summary.values():
         cells = [(f"{entry[k]['mean']:.0f}" if k == "steps" else f"{entry[k]['mean']:.1f} ± {entry[k]['spread']:.1f}")
                  if k in entry else "-" for k in HEADLINE]
-        lines.append(f"| {entry['recipe']} | {entry['init']} | {entry['method']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {entry['recipe']} | {entry['init']} | {entry['method']} | " + " | ".join(cells)
+                     + f" | {entry['seeds']} |")
     return "\n".join(lines) + "\n"
 
 
