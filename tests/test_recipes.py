@@ -79,8 +79,11 @@ def test_recipe_loss_falls_on_a_fixed_batch(recipe, tmp_path):
     assert sum(losses[-3:]) / 3 < 0.95 * losses[0], losses
     own = OWN_LOSS[recipe]
     assert parts[-1][own] < 0.95 * parts[0][own], [p[own] for p in parts]  # the method's own loss learns
-    for key in parts[0]:  # and no objective is sacrificed to the others (ITC at 8 samples may sit at ln 8)
-        assert parts[-1][key] < 1.02 * parts[0][key], (key, [p[key] for p in parts])
+    # and no objective is sacrificed to the others: averaged over the last 10 steps, as a loss that sits at
+    # chance (ITC at 8 samples from a near-collapsed start: ln 8) moves a few percent from step to step
+    for key in parts[0]:
+        late = sum(p[key] for p in parts[-10:]) / 10
+        assert late < 1.02 * parts[0][key], (key, [round(p[key], 3) for p in parts])
 
 
 def test_composed_recipe_runs_each_shared_pass_once(tmp_path):
