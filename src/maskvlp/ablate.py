@@ -203,30 +203,50 @@ def markdown(summary: dict, budget: float, seeds: list[int], steps: int = 0) -> 
 
 
 def plot(summary: dict, path: Path) -> None:
-    """Grouped bars: R@1 text->image and colour binding per run type, with the seed spread as error bars."""
+    """Per scoring method, R@1 text->image (top row) and colour binding (bottom row) of every recipe,
+    one bar per text init, with half the seed spread as error bars: reading across a row compares
+    recipes, within a group compares inits."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(summary)
-    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.2 * len(names)), 4.5))
-    for ax, key, title, chance in ((axes[0], "img_r1", "R@1 text→image (%)", None),
-                                   (axes[1], "binding_colour", "colour binding (%)", 50.0)):
-        means = [summary[n].get(key, {}).get("mean", 0.0) for n in names]
-        spreads = [summary[n].get(key, {}).get("spread", 0.0) / 2 for n in names]
-        ax.bar(range(len(names)), means, yerr=spreads, capsize=3, color="#4c72b0")
-        ceiling = [summary[n].get("ceiling_img_r1", {}).get("mean") for n in names if key == "img_r1"]
-        if ceiling and ceiling[0]:
-            ax.axhline(ceiling[0], color="gray", ls="--", lw=1, label="world ceiling")
-            ax.legend(loc="upper left", fontsize=8)
-        if chance:
-            ax.axhline(chance, color="red", ls=":", lw=1)
-        ax.set_xticks(range(len(names)))
-        ax.set_xticklabels([n.replace(" / ", "\n") for n in names], fontsize=7)
-        ax.set_title(title)
-        ax.set_ylim(0, 100)
-    fig.tight_layout()
+    entries = list(summary.values())
+    recipes = list(dict.fromkeys(e["recipe"] for e in entries))
+    inits = list(dict.fromkeys(e["init"] for e in entries))
+    methods = list(dict.fromkeys(e["method"] for e in entries))
+    by_key = {(e["recipe"], e["init"], e["method"]): e for e in entries}
+    rows = (("img_r1", "R@1 text→image (%)"), ("binding_colour", "colour binding (%)"))
+    fig, axes = plt.subplots(2, len(methods), figsize=(max(6.0, 0.55 * len(recipes) * len(methods) + 2), 7),
+                             squeeze=False)
+    width = 0.8 / len(inits)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for col, method in enumerate(methods):
+        for row, (key, label) in enumerate(rows):
+            ax = axes[row][col]
+            cells = [[by_key.get((r, i, method), {}).get(key) for r in recipes] for i in inits]
+            if not any(c for per_init in cells for c in per_init):
+                ax.axis("off")  # e.g. no retrieval by the MLM head
+                continue
+            for n, (init, per_init) in enumerate(zip(inits, cells)):
+                xs = [x + (n - (len(inits) - 1) / 2) * width for x, c in enumerate(per_init) if c]
+                ax.bar(xs, [c["mean"] for c in per_init if c], width, yerr=[c["spread"] / 2 for c in per_init if c],
+                       capsize=2, color=colours[n % len(colours)], label=f"text {init}")
+            if key == "binding_colour":
+                ax.axhline(50.0, color="red", ls=":", lw=1)
+                ax.set_ylim(0, 100)
+            else:
+                ceilings = [e["ceiling_img_r1"]["mean"] for e in entries if e.get("ceiling_img_r1")]
+                if ceilings:
+                    ax.axhline(ceilings[0], color="gray", ls="--", lw=1)
+                ax.set_ylim(0, max([ceilings[0]] if ceilings else [1.0]) * 1.05)
+            ax.set_xticks(range(len(recipes)))
+            ax.set_xticklabels(recipes, rotation=45, ha="right", fontsize=8)
+            ax.set_title(f"{label}, by {method}", fontsize=9)
+            ax.legend(fontsize=7, loc="upper right")
+    fig.text(0.005, 0.005, "dotted red: chance; dashed gray: the world's R@1 ceiling; error bars: half the spread over seeds",
+             fontsize=7)
+    fig.tight_layout(rect=(0, 0.02, 1, 1))
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
