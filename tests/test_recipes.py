@@ -14,6 +14,7 @@ from maskvlp.data.synthetic import SyntheticWorld, export_albef_json
 from maskvlp.data.tokenizer import load_tokenizer
 from maskvlp.engine.optim import make_optimizer
 from maskvlp.engine.pretrainer import Pretrainer
+from maskvlp.objectives.context import StepContext
 from maskvlp.engine.trainer import _to_batch, build_pretrain_dataset, text_specials
 from maskvlp.data.datasets import collate_pretrain
 
@@ -102,6 +103,8 @@ def test_composed_recipe_runs_each_shared_pass_once(tmp_path):
         return wrapped
 
     model.vision.forward = count("student vision", model.vision.forward)
+    model.text.forward = count("student text", model.text.forward)
+    model.fusion.forward = count("student fusion", model.fusion.forward)
     model.teacher["vision"].forward = count("teacher vision", model.teacher["vision"].forward)
     model.teacher["text"].forward = count("teacher text", model.teacher["text"].forward)
     model.teacher["fusion"].forward = count("teacher fusion", model.teacher["fusion"].forward)
@@ -112,4 +115,46 @@ def test_composed_recipe_runs_each_shared_pass_once(tmp_path):
     assert calls["teacher vision"] == 1
     assert calls["teacher text"] == 2  # clean caption (ITC, SemMIM) + MLM's masked caption (distillation)
     assert calls["teacher fusion"] == 2  # clean pair (SemMIM targets, guided mask) + MLM distillation
+    # clean caption + MLM's masked caption, which SCL's completion pass B shares (composite names MLM's mask)
+    assert calls["student text"] == 2
+    # ITM (positives and negatives in one call) + MLM/SCL-B + SCL-A + SemMIM's masked image with the text
+    assert calls["student fusion"] == 4
     assert {"loss_itc", "loss_itm", "loss_mlm", "loss_scl", "loss_semmim"} <= set(metrics)
+
+
+def test_sharing_the_masked_caption_pass_leaves_the_gradient_unchanged(tmp_path):
+    """MLM and SCL's pass B on one shared fusion pass (composite) give the gradient of the two run apart."""
+    cfg = tiny_config(tmp_path, "composite")
+    cfg.objectives = [o for o in cfg.objectives if o.name in ("mlm", "scl")]
+    for o in cfg.objectives:
+        o.start_step, o.ramp_steps = 0, 0
+    batch, specials = _fixed_batch(cfg)
+    torch.manual_seed(0)
+    module = Pretrainer(cfg, specials)
+    assert module.objectives["mlm"].ratio == module.objectives["scl"].text_mask[0]  # the recipe names one mask
+
+    calls = {"text": 0}
+    text_forward = module.model.text.forward
+
+    def counting(*args, **kwargs):
+        calls["text"] += 1
+        return text_forward(*args, **kwargs)
+
+    module.model.text.forward = counting
+    loss, _ = module(batch, step=5)
+    shared = torch.autograd.grad(loss, module.trainable_parameters(), allow_unused=True)
+    assert calls["text"] == 2  # clean caption + one masked caption for both objectives
+
+    calls["text"] = 0
+    apart = sum(module.objectives[k](StepContext(module.model, batch, 5, module.seed, specials, 0,
+                                                 module.masked_text_image_states)).loss for k in ("mlm", "scl"))
+    assert calls["text"] == 4  # each context encodes both captions again
+    separate = torch.autograd.grad(apart, module.trainable_parameters(), allow_unused=True)
+    assert torch.allclose(loss, apart, atol=1e-6)
+    compared = 0
+    for a, b in zip(shared, separate):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+            compared += 1
+    assert compared > 0

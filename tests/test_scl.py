@@ -14,7 +14,7 @@ from maskvlp.engine.pretrainer import Pretrainer
 from maskvlp.objectives import build_objective
 from maskvlp.objectives import scl as scl_module  # registers "scl"
 from maskvlp.objectives.context import Batch, StepContext
-from maskvlp.objectives.scl import SCL, all_mask_text, completion_nce
+from maskvlp.objectives.scl import SCL, completion_nce
 from test_objectives import CAPTIONS, SPECIALS, TOKENIZER, _batch
 
 
@@ -121,7 +121,7 @@ def test_exact_drop_and_mask_counts_and_shared_masks(tmp_path):
     assert (mask.masked.sum(1) == dropped).all()
     assert ctx.masked_image("random-0.8", "drop").tokens.shape[1] == 1 + n - dropped  # [CLS] + visible only
 
-    text = all_mask_text(ctx, 0.4)
+    text = ctx.masked_text(0.4, mask_fraction=1.0, random_fraction=0.0)
     eligible = batch.attention_mask.bool() & ~torch.isin(batch.input_ids, SPECIALS.special_ids)
     for row in range(len(CAPTIONS)):
         k = max(1, round(0.4 * int(eligible[row].sum())))
@@ -135,7 +135,7 @@ def test_exact_drop_and_mask_counts_and_shared_masks(tmp_path):
     before = ctx._image_masks["random-0.8"]
     SCL(cfg.model).train()(ctx)
     assert calls["vision"] == 2 and ctx._image_masks["random-0.8"] is before
-    assert all_mask_text(ctx, 0.4) is text
+    assert ctx.masked_text(0.4, mask_fraction=1.0, random_fraction=0.0) is text
 
 
 # ------------------------------------------------------------------------------------------ gradients
@@ -226,4 +226,6 @@ def test_config_error_when_the_fusion_returns_no_image_states(tmp_path):
         Pretrainer(cfg, SPECIALS)
     with pytest.raises(ConfigError, match="temperature"):
         build_objective("scl", tiny_config(tmp_path, "scl").model, {"temperature": 0.0})
+    with pytest.raises(ConfigError, match="text_mask_fraction"):
+        build_objective("scl", tiny_config(tmp_path, "scl").model, {"text_mask_fraction": 0.8, "text_random_fraction": 0.3})
     build_objective("scl", tiny_config(tmp_path, "scl", "model.fusion.mode=merged").model, {})  # merged is fine

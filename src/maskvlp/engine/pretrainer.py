@@ -30,6 +30,8 @@ class Pretrainer(nn.Module):
         self.objectives = nn.ModuleDict(objectives)
         self.specials = specials
         self.seed = cfg.train.seed
+        self.masked_text_image_states: frozenset[tuple] = frozenset().union(
+            *(o.masked_text_image_states() for o in objectives.values()))
 
     @torch.no_grad()
     def after_step(self) -> None:
@@ -54,7 +56,7 @@ class Pretrainer(nn.Module):
         return self.weights[key] * (min(1.0, (step - start + 1) / ramp) if ramp > 0 else 1.0)
 
     def forward(self, batch: Batch, step: int, micro: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
-        ctx = StepContext(self.model, batch, step, self.seed, self.specials, micro)
+        ctx = StepContext(self.model, batch, step, self.seed, self.specials, micro, self.masked_text_image_states)
         total = torch.zeros((), device=batch.images.device)
         metrics: dict[str, float] = {}
         for key, objective in self.objectives.items():

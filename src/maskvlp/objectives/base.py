@@ -41,6 +41,12 @@ class Objective(nn.Module):
         """Model parts this instance needs (may depend on its parameters)."""
         return set(self.needs)
 
+    def masked_text_image_states(self) -> set[tuple]:
+        """Text-mask keys (:func:`~maskvlp.objectives.context.text_mask_key`) whose masked-caption fusion
+        (``ctx.fused_masked_text``) this objective reads *image* states from. Declared up front so a pass
+        shared with a text-only reader (MLM) computes them once. Default: none."""
+        return set()
+
     def forward(self, ctx: Any) -> ObjectiveOutput:  # pragma: no cover - interface
         raise NotImplementedError
 

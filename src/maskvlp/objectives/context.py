@@ -46,8 +46,14 @@ class Batch:
                      self.image_keys.to(device), self.global_size)
 
 
+def text_mask_key(ratio: float, mask_fraction: float = 0.8, random_fraction: float = 0.1) -> tuple:
+    """The cache key of one text-masking setting: objectives naming the same key share the mask and its passes."""
+    return ("bert", float(ratio), float(mask_fraction), float(random_fraction))
+
+
 class StepContext:
-    def __init__(self, model: VLPModel, batch: Batch, step: int, seed: int, specials: TextSpecials, micro: int = 0):
+    def __init__(self, model: VLPModel, batch: Batch, step: int, seed: int, specials: TextSpecials, micro: int = 0,
+                 masked_text_image_states: frozenset[tuple] = frozenset()):
         self.model = model
         self.micro = micro  # micro-batch index under gradient accumulation
         self.batch = batch
@@ -59,6 +65,11 @@ class StepContext:
         self._masked_images: dict[tuple[str, str], Encoded] = {}
         self._teacher_full: FusionOutput | None = None
         self._teacher_text_only: FusionOutput | None = None
+        # text-mask keys whose masked-caption fusion some objective reads image states from (declared up front,
+        # so the one pass computes them even when a text-only reader asks first)
+        self._masked_text_image_states = masked_text_image_states
+        self._fused_masked_text: dict[tuple, FusionOutput] = {}
+        self._masked_text_tokens: dict[tuple, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ randomness
     def generator(self, purpose: str) -> torch.Generator:
@@ -112,7 +123,7 @@ class StepContext:
 
         ``mask_fraction=1, random_fraction=0`` is plain all-[MASK] masking (SCL's completion pass).
         """
-        key = ("bert", ratio, mask_fraction, random_fraction)
+        key = text_mask_key(ratio, mask_fraction, random_fraction)
         if key not in self._masked:
             ids = self.batch.input_ids
             split = "" if (mask_fraction, random_fraction) == (0.8, 0.1) else f"-{mask_fraction}-{random_fraction}"
@@ -123,6 +134,29 @@ class StepContext:
                 noise=self.global_rand(f"text-mask-{ratio}{split}", ids.shape[1], 3),
             )
         return self._masked[key]
+
+    def fused_masked_text(self, ratio: float = 0.15, mask_fraction: float = 0.8, random_fraction: float = 0.1,
+                          need_image: bool = False) -> tuple[MaskedText, FusionOutput]:
+        """The student's masked caption (:meth:`masked_text`) through the text tower and the fusion with the
+        clean image, once per step per mask: MLM's pass, and SCL's completion pass B when both name one mask.
+
+        Image states (``need_image``) are targets, so that stream keeps no graph (``image_grad=False``; the
+        text states and their gradient are those of a text-only pass). They are computed on the first
+        request when an objective declared it reads them for this mask
+        (:meth:`~maskvlp.objectives.base.Objective.masked_text_image_states`), so a text-only reader that
+        asks first shares the pass; undeclared, a later image request re-runs the fusion (correct, slower).
+        """
+        key = text_mask_key(ratio, mask_fraction, random_fraction)
+        masked = self.masked_text(ratio, mask_fraction, random_fraction)
+        cached = self._fused_masked_text.get(key)
+        if cached is None or (need_image and cached.image is None):
+            if key not in self._masked_text_tokens:
+                self._masked_text_tokens[key] = self.model.encode_text(masked.input_ids, self.batch.attention_mask).tokens
+            with_image = need_image or key in self._masked_text_image_states
+            cached = self.model.fuse(self._masked_text_tokens[key], self.batch.attention_mask, self.image.tokens,
+                                     need_image=with_image, image_grad=False)
+            self._fused_masked_text[key] = cached
+        return masked, cached
 
     # ------------------------------------------------------------------ masked images
     @property

@@ -37,10 +37,9 @@ class MLM(Objective):
 
     def forward(self, ctx) -> ObjectiveOutput:
         model = ctx.model
-        masked = ctx.masked_text(self.ratio)
         mask = ctx.batch.attention_mask
-        text = model.encode_text(masked.input_ids, mask).tokens
-        fused = model.fuse(text, mask, ctx.image.tokens, need_image=False).text[masked.masked]
+        masked, fused_out = ctx.fused_masked_text(self.ratio)  # shared with any objective naming the same mask
+        fused = fused_out.text[masked.masked]
         logits = model.mlm_head(fused)
         labels = masked.labels[masked.masked]
         per_token = F.cross_entropy(logits.float(), labels, reduction="none")

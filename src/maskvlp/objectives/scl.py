@@ -47,9 +47,11 @@ B's whole image stream compute targets alone and run without a graph (``text_gra
 ``image_grad`` of the fusion encoder; the gradient is unchanged, tests/test_fusion_two_stream.py).
 
 Cost per step: one extra ViT pass over the 20% visible patches (shared with any objective naming the
-same mask key), one text-tower pass over the masked caption (shared with any objective asking for
-the same all-[MASK] text mask), and two fusion passes with both streams. The full image and text
-passes are the step's cached ones (shared with ITC / ITM).
+same mask key), and pass A's fusion with both streams. Pass B (text tower over the masked caption, then
+the fusion with the clean image) is ``ctx.fused_masked_text``: one pass per step and text mask, so when
+MLM names the same mask (``text_ratio 0.15, text_mask_fraction 0.8, text_random_fraction 0.1``, as
+``composite`` does) pass B *is* MLM's pass and SCL adds only its image stream, without a graph. The
+full image and text passes are the step's cached ones (shared with ITC / ITM).
 """
 from __future__ import annotations
 
@@ -60,9 +62,10 @@ import torch.nn.functional as F
 
 from maskvlp.config import ConfigError, ModelConfig
 from maskvlp.engine.distributed import all_gather_nograd, all_gather_with_grad, local_slice
-from maskvlp.masking import MaskedText, random_patch_mask
+from maskvlp.masking import random_patch_mask
 from maskvlp.models.vlp import FUSION
 from maskvlp.objectives.base import Objective, ObjectiveOutput, register, require_image_states, take
+from maskvlp.objectives.context import text_mask_key
 
 
 def completion_nce(student: torch.Tensor, target: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,12 +88,6 @@ def completion_nce(student: torch.Tensor, target: torch.Tensor, temperature: flo
     return loss, row_logits
 
 
-def all_mask_text(ctx, ratio: float) -> MaskedText:
-    """The caption with ``ratio`` of its real, non-special tokens (exact count) all set to [MASK],
-    from the context's text-mask cache, so another objective asking for the same mask shares it."""
-    return ctx.masked_text(ratio, mask_fraction=1.0, random_fraction=0.0)
-
-
 @register
 class SCL(Objective):
     """Semantic completion: masked-image and masked-text global features complete to the full ones."""
@@ -98,7 +95,10 @@ class SCL(Objective):
     name = "scl"
     needs = frozenset({FUSION})
     # image_ratio 0.8 (mask_ratio), text_ratio 0.4 (mtm_ratio), temperature 0.03 (scl_temp): [code]
-    DEFAULTS: dict[str, Any] = {"image_ratio": 0.8, "text_ratio": 0.4, "temperature": 0.03}
+    # text_mask_fraction 1 / text_random_fraction 0: every chosen token becomes [MASK], as the code [code];
+    # composite sets MLM's 0.15 / 0.8 / 0.1 so pass B *is* MLM's pass [ours]
+    DEFAULTS: dict[str, Any] = {"image_ratio": 0.8, "text_ratio": 0.4, "temperature": 0.03,
+                                "text_mask_fraction": 1.0, "text_random_fraction": 0.0}
 
     def __init__(self, model_cfg: ModelConfig, **params: Any):
         super().__init__(model_cfg)
@@ -111,11 +111,20 @@ class SCL(Objective):
                               f"visible), got {p['image_ratio']}")
         if not 0.0 <= p["text_ratio"] <= 1.0:
             raise ConfigError(f"objective 'scl' parameter text_ratio must lie in [0, 1], got {p['text_ratio']}")
+        fractions = (p["text_mask_fraction"], p["text_random_fraction"])
+        if min(fractions) < 0 or sum(fractions) > 1:
+            raise ConfigError("objective 'scl' parameters text_mask_fraction and text_random_fraction must be >= 0 "
+                              f"and sum to at most 1 (the rest of the chosen tokens stay as they are), got {fractions}")
         if p["temperature"] <= 0:
             raise ConfigError(f"objective 'scl' parameter temperature must be > 0, got {p['temperature']}")
         self.image_ratio: float = float(p["image_ratio"])
         self.text_ratio: float = float(p["text_ratio"])
         self.temperature: float = float(p["temperature"])
+        self.text_mask: tuple[float, float, float] = (self.text_ratio, float(p["text_mask_fraction"]),
+                                                     float(p["text_random_fraction"]))
+
+    def masked_text_image_states(self) -> set[tuple]:
+        return {text_mask_key(*self.text_mask)}  # pass B's fused image [CLS] is the image target
 
     @property
     def mask_key(self) -> str:
@@ -129,10 +138,9 @@ class SCL(Objective):
         ctx.image_mask(key, lambda: random_patch_mask(ctx.patch_noise(key), self.image_ratio))
         # pass A: 80% of patches dropped + full text; its text output is only a target (no graph kept)
         fused_a = model.fuse(ctx.text.tokens, mask, ctx.masked_image(key, "drop").tokens, text_grad=False)
-        # pass B: full image + 40% of tokens [MASK]; its image output is only a target
-        masked = all_mask_text(ctx, self.text_ratio)
-        text_b = model.encode_text(masked.input_ids, mask).tokens
-        fused_b = model.fuse(text_b, mask, ctx.image.tokens, image_grad=False)
+        # pass B: full image + 40% of tokens [MASK]; its image output is only a target. The context runs it once
+        # per step and mask: an MLM naming the same mask reads this very pass
+        _, fused_b = ctx.fused_masked_text(*self.text_mask, need_image=True)
         if fused_a.image is None or fused_b.image is None:  # checked in __init__; also catches a model built otherwise
             raise ConfigError("objective 'scl' needs a fusion mode that returns image states (cross or merged)")
 
