@@ -6,7 +6,7 @@ import json
 import pytest
 
 from conftest import TINY
-from maskvlp.ablate import parse_seeds, run_ablation
+from maskvlp.ablate import parse_seeds, run_ablation, table_order
 from maskvlp.config import ConfigError, load_config
 
 
@@ -15,6 +15,15 @@ def test_seeds_are_a_count_or_a_list():
     for bad in ("0", "x", "1,1", ","):
         with pytest.raises(ConfigError):
             parse_seeds(bad)
+
+
+def test_table_order_puts_requested_runs_first_then_the_recipe_order():
+    found = [("semmim", "minilm", 0), ("albef", "minilm", 1), ("clip", "scratch", 0), ("mine", "scratch", 0),
+             ("albef", "scratch", 0), ("albef", "minilm", 0), ("composite", "scratch", 1)]
+    assert table_order(found, [("composite", "scratch", 1), ("mlim", "scratch", 0)]) == [
+        ("composite", "scratch", 1),  # requested (the mlim run is not in the folder)
+        ("clip", "scratch", 0), ("albef", "scratch", 0), ("albef", "minilm", 0), ("albef", "minilm", 1),
+        ("semmim", "minilm", 0), ("mine", "scratch", 0)]  # a user's own recipe after the known ones
 
 
 def test_ablation_table_spread_and_reuse(tmp_path):

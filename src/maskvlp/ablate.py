@@ -146,6 +146,22 @@ def _run_results(run_dir: Path) -> dict:
     return results
 
 
+# rows of runs nobody requested this time: baselines first, then the methods in the issue's order
+RECIPE_ORDER = ("clip", "albef", "mlim", "mamo", "simla", "scl", "semmim", "composite")
+INIT_ORDER = ("scratch", "minilm", "hf")
+
+
+def table_order(found: list[tuple[str, str, int]], requested: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
+    """The requested runs in request order, then the folder's other runs by recipe (``RECIPE_ORDER``, then
+    by name), text init and seed, so a summary written by a piece run reads like the full one below its rows."""
+    def rank(key: tuple[str, str, int]) -> tuple:
+        recipe, init, seed = key
+        r = RECIPE_ORDER.index(recipe) if recipe in RECIPE_ORDER else len(RECIPE_ORDER)
+        i = INIT_ORDER.index(init) if init in INIT_ORDER else len(INIT_ORDER)
+        return r, recipe, i, init, seed
+    return [k for k in requested if k in found] + sorted((k for k in found if k not in requested), key=rank)
+
+
 def finished_runs(out: Path, requested: list[tuple[str, str, int]], budget: float,
                   max_steps: set[int]) -> tuple[dict[tuple[str, str], list[dict]], list[int]]:
     """Every finished run in ``out`` trained to this budget: the requested ones first, in order.
@@ -167,7 +183,7 @@ def finished_runs(out: Path, requested: list[tuple[str, str, int]], budget: floa
         else:
             console.print(f"{run_dir.name}: trained to another budget, left out of the table")
     groups: dict[tuple[str, str], list[int]] = {}
-    for recipe, init, seed in [k for k in requested if k in found] + sorted(k for k in found if k not in requested):
+    for recipe, init, seed in table_order(list(found), requested):
         groups.setdefault((recipe, init), []).append(seed)
     runs = {group: [_run_results(found[(*group, seed)]) for seed in sorted(seeds)] for group, seeds in groups.items()}
     return runs, sorted({seed for seeds in groups.values() for seed in seeds})
