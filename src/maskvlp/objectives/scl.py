@@ -138,8 +138,8 @@ class SCL(Objective):
         ctx.image_mask(key, lambda: random_patch_mask(ctx.patch_noise(key), self.image_ratio))
         # pass A: 80% of patches dropped + full text; its text output is only a target (no graph kept)
         fused_a = model.fuse(ctx.text.tokens, mask, ctx.masked_image(key, "drop").tokens, text_grad=False)
-        # pass B: full image + 40% of tokens [MASK]; its image output is only a target. The context runs it once
-        # per step and mask: an MLM naming the same mask reads this very pass
+        # pass B: full image + the masked caption (40% all-[MASK] by default); its image output is only a target.
+        # The context runs it once per step and mask: an MLM naming the same mask reads this very pass
         _, fused_b = ctx.fused_masked_text(*self.text_mask, need_image=True)
         if fused_a.image is None or fused_b.image is None:  # checked in __init__; also catches a model built otherwise
             raise ConfigError("objective 'scl' needs a fusion mode that returns image states (cross or merged)")
