@@ -15,6 +15,7 @@ from maskvlp.engine.trainer import text_specials
 from maskvlp.masking import bert_text_mask, exact_count_mask
 from maskvlp.objectives.context import Batch
 from maskvlp.objectives.itc import FeatureQueue, positive_targets, soft_cross_entropy
+from maskvlp.objectives import build_objective
 from maskvlp.objectives.itm import sample_hard_negatives
 
 TOKENIZER = load_tokenizer()
@@ -192,6 +193,19 @@ def test_hard_negatives_follow_similarity_and_flag_rows_without_candidates():
     sim[0, 3] = 20.0  # column 3 is by far the most confusable for row 0
     draws = [int(sample_hard_negatives(sim, keys, keys, torch.Generator().manual_seed(s))[0][0]) for s in range(30)]
     assert draws.count(3) >= 29
+
+
+def test_itm_negative_curriculum_goes_from_random_to_the_recipes_mix(tmp_path):
+    cfg = tiny_config(tmp_path, "albef")
+    itm = build_objective("itm", cfg.model, {"random_mix": 0.2, "random_steps": 10, "random_ramp_steps": 4})
+    shares = [itm.random_share(step) for step in range(16)]
+    assert shares[:10] == [1.0] * 10  # random negatives only
+    assert [round(x, 6) for x in shares[10:14]] == [0.8, 0.6, 0.4, 0.2]  # linear fall, reaching the mix
+    assert shares[14:] == [0.2, 0.2]
+    plain = build_objective("itm", cfg.model, {})
+    assert plain.random_share(0) == 0.0  # ALBEF: hard negatives from the first step
+    with pytest.raises(ConfigError, match="random_steps"):
+        build_objective("itm", cfg.model, {"random_steps": -1})
 
 
 @pytest.mark.parametrize("random_mix, p_hardest", [(1.0, 1 / 3), (0.5, 0.5 + 0.5 / 3)])

@@ -51,7 +51,10 @@ def sample_hard_negatives(similarity: torch.Tensor, row_keys: torch.Tensor, colu
 class ITM(Objective):
     name = "itm"
     needs = frozenset({FUSION, ITM_HEAD})
-    DEFAULTS: dict[str, Any] = {"hard_negatives": True, "random_mix": 0.0}
+    # random_steps / random_ramp_steps [ours]: a curriculum, random negatives first (a matching head leaves its
+    # class prior on them after ~200 steps from scratch towers, never within 800 on ITC-hard ones), then the
+    # random share falls linearly to random_mix (docs/baselines.md). 0 / 0 = ALBEF's hard negatives throughout.
+    DEFAULTS: dict[str, Any] = {"hard_negatives": True, "random_mix": 0.0, "random_steps": 0, "random_ramp_steps": 0}
 
     def __init__(self, model_cfg: ModelConfig, **params: Any):
         super().__init__(model_cfg)
@@ -60,6 +63,20 @@ class ITM(Objective):
         self.random_mix = float(p["random_mix"]) if self.hard_negatives else 1.0
         if not 0.0 <= self.random_mix <= 1.0:
             raise ConfigError(f"objectives.itm.params.random_mix must be in [0, 1], got {self.random_mix}")
+        if p["random_steps"] < 0 or p["random_ramp_steps"] < 0:
+            raise ConfigError("objectives.itm.params.random_steps and random_ramp_steps must be >= 0")
+        self.random_steps: int = p["random_steps"]
+        self.random_ramp_steps: int = p["random_ramp_steps"]
+
+    def random_share(self, step: int) -> float:
+        """The share of uniformly drawn negatives at ``step``: 1 for ``random_steps`` steps, then a linear
+        fall to ``random_mix`` over ``random_ramp_steps``."""
+        if step < self.random_steps:
+            return 1.0
+        if step < self.random_steps + self.random_ramp_steps:
+            done = (step - self.random_steps + 1) / self.random_ramp_steps
+            return 1.0 + (self.random_mix - 1.0) * done
+        return self.random_mix
 
     def forward(self, ctx) -> ObjectiveOutput:
         model = ctx.model
@@ -67,8 +84,9 @@ class ITM(Objective):
         keys = ctx.global_image_keys
         sim = ctx.global_similarity  # with random_mix 1 its share is zero
         g = ctx.generator("itm-negatives")
-        neg_image_of_text, ok_t = sample_hard_negatives(sim.T, keys, keys, g, self.random_mix)  # text rows -> image columns
-        neg_text_of_image, ok_i = sample_hard_negatives(sim, keys, keys, g, self.random_mix)  # image rows -> text columns
+        mix = self.random_share(ctx.step)
+        neg_image_of_text, ok_t = sample_hard_negatives(sim.T, keys, keys, g, mix)  # text rows -> image columns
+        neg_text_of_image, ok_i = sample_hard_negatives(sim, keys, keys, g, mix)  # image rows -> text columns
         rows = local_slice(ctx.batch.global_size)
         neg_image_of_text, ok_t = neg_image_of_text[rows], ok_t[rows]
         neg_text_of_image, ok_i = neg_text_of_image[rows], ok_i[rows]
@@ -82,4 +100,4 @@ class ITM(Objective):
         labels[: image.shape[0]] = 1
         loss = F.cross_entropy(logits.float(), labels, reduction="sum") / mean_over_ranks_denominator(len(labels))
         acc = (logits.argmax(1) == labels).float().mean()
-        return ObjectiveOutput(loss, {"itm_acc": float(acc)})
+        return ObjectiveOutput(loss, {"itm_acc": float(acc), "itm_random_share": mix})
