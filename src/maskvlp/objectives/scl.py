@@ -62,7 +62,7 @@ import torch.nn.functional as F
 
 from maskvlp.config import ConfigError, ModelConfig
 from maskvlp.engine.distributed import all_gather_nograd, all_gather_with_grad, local_slice
-from maskvlp.masking import random_patch_mask
+from maskvlp.masking import _check_split, random_patch_mask
 from maskvlp.models.vlp import FUSION
 from maskvlp.objectives.base import Objective, ObjectiveOutput, register, require_image_states, take
 from maskvlp.objectives.context import text_mask_key
@@ -111,10 +111,10 @@ class SCL(Objective):
                               f"visible), got {p['image_ratio']}")
         if not 0.0 <= p["text_ratio"] <= 1.0:
             raise ConfigError(f"objective 'scl' parameter text_ratio must lie in [0, 1], got {p['text_ratio']}")
-        fractions = (p["text_mask_fraction"], p["text_random_fraction"])
-        if min(fractions) < 0 or sum(fractions) > 1:
-            raise ConfigError("objective 'scl' parameters text_mask_fraction and text_random_fraction must be >= 0 "
-                              f"and sum to at most 1 (the rest of the chosen tokens stay as they are), got {fractions}")
+        try:  # the text masking's own check, reported as a config error naming the recipe's keys
+            _check_split(p["text_mask_fraction"], p["text_random_fraction"])
+        except ValueError as err:
+            raise ConfigError(f"objective 'scl' parameters text_mask_fraction / text_random_fraction: {err}") from None
         if p["temperature"] <= 0:
             raise ConfigError(f"objective 'scl' parameter temperature must be > 0, got {p['temperature']}")
         self.image_ratio: float = float(p["image_ratio"])
