@@ -32,7 +32,13 @@ class VisionConfig:
     mlp_ratio: float = 4.0
     layer_norm_eps: float = 1e-6
     max_frames: int = 1  # >1 adds a temporal embedding (video); a picture is a one-frame video
-    stem: str = "patch"  # patch (ViT's linear patch projection) | conv (a per-patch CNN; faster from scratch)
+    # patch (ViT's linear patch projection) | conv (a small CNN inside each patch) | overlap (Xiao et al.'s
+    # strided 3x3 convolutions over the whole image; reads shapes across patch borders)
+    stem: str = "patch"
+
+
+STEMS = ("patch", "conv", "overlap")
+OVERLAPPING_STEMS = ("overlap",)  # a token reads its neighbours' pixels: hidden patches are zeroed first
 
 
 @dataclass
@@ -320,6 +326,7 @@ def validate(cfg: RunConfig) -> None:
     _choice("model.text.init", cfg.model.text.init, TEXT_INITS)
     _choice("train.precision", cfg.train.precision, PRECISIONS)
     _choice("model.text.pool", cfg.model.text.pool, ("cls", "mean"))
+    _choice("model.vision.stem", cfg.model.vision.stem, STEMS)
     _choice("data.source", cfg.data.source, DATA_SOURCES)
     if cfg.model.text.init == "hf" and not cfg.model.text.checkpoint:
         raise ConfigError("model.text.init=hf needs model.text.checkpoint=<folder of a HF BERT checkpoint>")

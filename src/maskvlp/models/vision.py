@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from maskvlp.config import VisionConfig
+from maskvlp.config import OVERLAPPING_STEMS, STEMS, VisionConfig
 from maskvlp.models.transformer import Block, init_weights
 
 
@@ -83,6 +83,43 @@ class ConvPatchEmbed(nn.Module):
         return out.permute(0, 3, 1, 2)
 
 
+class ChannelNorm(nn.LayerNorm):
+    """LayerNorm over the channels of each pixel of a (B, C, H, W) map: unlike GroupNorm or BatchNorm it
+    mixes no statistics across positions or images, so a token depends on its receptive field alone."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class OverlappingConvStem(nn.Module):
+    """Xiao et al.'s early-convolution stem: 3x3 convolutions of stride 2 over the whole image, then a
+    1x1 projection to the ViT width; one token per ``patch_size`` cell, as the linear embedding.
+
+    Unlike :class:`ConvPatchEmbed` the kernels straddle patch borders, so a token sees its
+    neighbours' pixels: shapes that span several patches are read in the stem rather than learned
+    by attention from near-uniform weights. That same overlap would let a hidden patch leak into the
+    tokens beside it, so :meth:`VisionTransformer.embed_patches` zeroes the pixels of masked and
+    dropped patches before this stem runs (as masked-convolution MAE variants do).
+    Output layout matches ``nn.Conv2d(3, D, p, p)``: (B, D, H/p, W/p).
+    """
+
+    def __init__(self, patch_size: int, width: int):
+        super().__init__()
+        steps = int(math.log2(patch_size))
+        if 2**steps != patch_size:
+            raise ValueError(f"the conv stem needs a power-of-two patch size, got {patch_size}")
+        channels = [3] + [max(16, width >> (steps - i)) for i in range(1, steps + 1)]
+        layers: list[nn.Module] = []
+        for i in range(steps):
+            layers += [nn.Conv2d(channels[i], channels[i + 1], 3, stride=2, padding=1, bias=False),
+                       ChannelNorm(channels[i + 1]), nn.GELU()]
+        layers.append(nn.Conv2d(channels[-1], width, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.net(images)
+
+
 class VisionTransformer(nn.Module):
     """ViT encoder: Conv2d patch embedding, CLS token, learned positions, pre-norm blocks, final LayerNorm."""
 
@@ -96,10 +133,12 @@ class VisionTransformer(nn.Module):
         d = cfg.width
         if cfg.stem == "conv":
             self.patch_embed: nn.Module = ConvPatchEmbed(cfg.patch_size, d)
+        elif cfg.stem == "overlap":
+            self.patch_embed = OverlappingConvStem(cfg.patch_size, d)
         elif cfg.stem == "patch":
             self.patch_embed = nn.Conv2d(3, d, kernel_size=cfg.patch_size, stride=cfg.patch_size)
         else:
-            raise ValueError(f"model.vision.stem must be 'patch' or 'conv', got {cfg.stem!r}")
+            raise ValueError(f"model.vision.stem must be one of {', '.join(STEMS)}, got {cfg.stem!r}")
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.num_patches, d))
         self.mask_token = nn.Parameter(torch.zeros(1, 1, d))
@@ -132,18 +171,27 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"expected {self.cfg.image_size}x{self.cfg.image_size} images, got {h}x{w}")
         return images
 
-    def embed_patches(self, images: Tensor, mask: Tensor | None = None) -> Tensor:
+    def embed_patches(self, images: Tensor, mask: Tensor | None = None, hidden: Tensor | None = None) -> Tensor:
         """Patch tokens with positions (and temporal embedding) added: (B, T*N, D); no CLS.
 
         ``mask`` (B, T*N) True = replace that patch by ``mask_token`` (before positions).
+        ``hidden`` (B, T*N) True = that patch must not be seen at all (masked or dropped): with an
+        overlapping stem its pixels are zeroed first, so its content cannot reach the kept tokens.
         """
         images = self._frames(images)
         b, t = images.shape[:2]
+        n = t * self.num_patches
+        for name, m in (("mask", mask), ("hidden", hidden)):
+            if m is not None and m.shape != (b, n):
+                raise ValueError(f"{name} must be (B, {n}), got {tuple(m.shape)}")
+        if hidden is not None and self.cfg.stem in OVERLAPPING_STEMS:
+            p = self.cfg.patch_size
+            pixels = hidden.to(torch.bool).view(b, t, 1, self.grid, 1, self.grid, 1)
+            pixels = pixels.expand(-1, -1, -1, -1, p, -1, p).reshape(b, t, 1, self.grid * p, self.grid * p)
+            images = images.masked_fill(pixels, 0.0)
         x = self.patch_embed(images.flatten(0, 1)).flatten(2).transpose(1, 2)  # (B*T, N, D)
-        x = x.reshape(b, t * self.num_patches, self.width)
+        x = x.reshape(b, n, self.width)
         if mask is not None:
-            if mask.shape != x.shape[:2]:
-                raise ValueError(f"mask must be (B, {x.shape[1]}), got {tuple(mask.shape)}")
             x = torch.where(mask.to(torch.bool).unsqueeze(-1), self.mask_token.to(x.dtype), x)
         x = x.view(b, t, self.num_patches, self.width) + self.pos_embed[:, None, 1:]
         if self.temporal_embed is not None:
@@ -162,7 +210,13 @@ class VisionTransformer(nn.Module):
         ``return_attention`` also returns the last block's self-attention weights (e.g. CLS-to-patch
         maps for attention-guided masking).
         """
-        x = self.embed_patches(images, mask)
+        hidden = mask
+        if keep_idx is not None and self.cfg.stem in OVERLAPPING_STEMS:
+            n = images.shape[1] * self.num_patches if images.dim() == 5 else self.num_patches
+            dropped = torch.ones(images.shape[0], n, dtype=torch.bool, device=images.device)
+            dropped = dropped.scatter(1, keep_idx, False)
+            hidden = dropped if mask is None else dropped | mask.to(torch.bool)
+        x = self.embed_patches(images, mask, hidden)
         if keep_idx is not None:
             x = torch.gather(x, 1, keep_idx.unsqueeze(-1).expand(-1, -1, self.width))
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
