@@ -129,6 +129,9 @@ class WorldConfig:
     heldout_pairs: int = 3  # colour-shape combinations never seen in training
 
 
+BATCHINGS = ("random", "lexical")
+
+
 @dataclass
 class DataConfig:
     source: str = "synthetic"  # synthetic | json
@@ -139,6 +142,10 @@ class DataConfig:
     hflip: bool = False  # off by default: a flip makes "left of" captions false
     max_bad_fraction: float = 0.05  # stop with a clear message when more samples than this are unreadable
     num_workers: int = 0
+    # random (ALBEF, CLIP) | lexical: half of each batch are the lexically nearest captions of other images
+    # (TF-IDF, from a random pool of lexical_pool items), so in-batch negatives differ in a few words
+    batching: str = "random"
+    lexical_pool: int = 1024
 
 
 DATA_SOURCES = ("synthetic", "json")
@@ -327,6 +334,9 @@ def validate(cfg: RunConfig) -> None:
     _choice("train.precision", cfg.train.precision, PRECISIONS)
     _choice("model.text.pool", cfg.model.text.pool, ("cls", "mean"))
     _choice("model.vision.stem", cfg.model.vision.stem, STEMS)
+    _choice("data.batching", cfg.data.batching, BATCHINGS)
+    if cfg.data.lexical_pool < 1:
+        raise ConfigError(f"bad value for 'data.lexical_pool': {cfg.data.lexical_pool}; must be >= 1")
     _choice("data.source", cfg.data.source, DATA_SOURCES)
     if cfg.model.text.init == "hf" and not cfg.model.text.checkpoint:
         raise ConfigError("model.text.init=hf needs model.text.checkpoint=<folder of a HF BERT checkpoint>")

@@ -71,6 +71,18 @@ class PretrainDataset(Dataset):
     def __getitem__(self, index: int) -> Optional[dict]:
         raise NotImplementedError
 
+    def captions_of(self, index: int) -> Sequence[str]:
+        """Every caption item ``index`` may be shown with (one is drawn per epoch)."""
+        raise NotImplementedError
+
+    def image_key_of(self, index: int) -> int:
+        raise NotImplementedError
+
+    def caption_index(self, index: int) -> int:
+        """Which of ``captions_of(index)`` ``__getitem__`` shows this epoch, without loading the image:
+        the first draw of the item's generator, as ``__getitem__`` makes it."""
+        return int(self.rng(index).integers(len(self.captions_of(index))))
+
 
 def _render_all(world: "SyntheticWorld", scenes: Sequence[Any], image_size: int | None, progress: Progress | None) -> np.ndarray:
     """Render every scene once into one uint8 array [N,H,W,3] (rendering in the loop steals model CPU)."""
@@ -120,6 +132,12 @@ class SyntheticPretrainDataset(PretrainDataset):
 
     def __len__(self) -> int:
         return len(self.captions)
+
+    def captions_of(self, index: int) -> Sequence[str]:
+        return self.captions[index]
+
+    def image_key_of(self, index: int) -> int:
+        return index
 
     def __getitem__(self, index: int) -> dict:
         rng = self.rng(index)
@@ -237,6 +255,12 @@ class AlbefJsonDataset(PretrainDataset):
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    def captions_of(self, index: int) -> Sequence[str]:
+        return self.entries[index].captions
+
+    def image_key_of(self, index: int) -> int:
+        return self.image_keys[index]
 
     def __getitem__(self, index: int) -> Optional[dict]:
         entry = self.entries[index]

@@ -5,6 +5,11 @@ global micro-batch. Because nothing depends on iterator state, resuming at step 
 ``s`` (the data position in the checkpoint), and any number of DataLoader workers gives the same
 batches. An unreadable sample is replaced by a deterministic stand-in and counted, so the batch
 size (and with it every rank's share) never changes.
+
+With ``lexical_pool > 0`` (``data.batching=lexical``) half of each micro-batch are anchors from the
+epoch's permutation and the other half their lexical partners (:mod:`maskvlp.data.lexical`): for
+each anchor, the caption of another image most similar to its own among a random pool, drawn from
+(seed, d) as well. Anchors and partners alternate, so every rank's share holds whole pairs.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from maskvlp.data.lexical import LexicalIndex, choose_partners
 from maskvlp.engine.distributed import DistInfo
 
 MAX_REPLACEMENT_TRIES = 64
@@ -24,7 +30,7 @@ class DataError(RuntimeError):
 
 class StepBatches(torch.utils.data.Dataset):
     def __init__(self, dataset: Any, micro_batch: int, seed: int, dist: DistInfo,
-                 collate: Callable[[list[dict]], dict]):
+                 collate: Callable[[list[dict]], dict], lexical_pool: int = 0):
         if len(dataset) < micro_batch:
             raise DataError(f"the dataset has {len(dataset)} samples, fewer than one batch ({micro_batch})")
         if micro_batch % dist.world_size:
@@ -34,7 +40,16 @@ class StepBatches(torch.utils.data.Dataset):
         self.seed = seed
         self.dist = dist
         self.collate = collate
-        self.steps_per_epoch = len(dataset) // micro_batch
+        self.lexical_pool = int(lexical_pool)
+        self.lexical: LexicalIndex | None = None
+        self.anchors_per_batch = micro_batch
+        if self.lexical_pool > 0:
+            if micro_batch % (2 * dist.world_size):
+                raise DataError(f"data.batching=lexical pairs every caption with a partner in the same process's share: "
+                                f"the batch per process ({micro_batch // dist.world_size}) must be even")
+            self.lexical = LexicalIndex([dataset.captions_of(i) for i in range(len(dataset))])
+            self.anchors_per_batch = micro_batch // 2
+        self.steps_per_epoch = len(dataset) // self.anchors_per_batch
 
     def __len__(self) -> int:  # effectively unbounded; the trainer decides when to stop
         return 2**62
@@ -45,7 +60,29 @@ class StepBatches(torch.utils.data.Dataset):
     def global_indices(self, d: int) -> np.ndarray:
         epoch, offset = divmod(d, self.steps_per_epoch)
         order = np.random.default_rng([self.seed, epoch, 7]).permutation(len(self.dataset))
-        return order[offset * self.micro_batch:(offset + 1) * self.micro_batch]
+        k = self.anchors_per_batch
+        anchors = order[offset * k:(offset + 1) * k]
+        return anchors if self.lexical is None else self._with_partners(d, epoch, anchors)
+
+    def _with_partners(self, d: int, epoch: int, anchors: np.ndarray) -> np.ndarray:
+        """[a0, p0, a1, p1, ...]: each anchor followed by its lexical partner (see the module docstring)."""
+        assert self.lexical is not None
+        data = self.dataset
+        data.set_epoch(epoch)  # partners are chosen on the captions this epoch shows
+        n = len(data)
+        pool = np.random.default_rng([self.seed, d, 13]).choice(n, min(self.lexical_pool, n), replace=False)
+
+        def rows(items: np.ndarray) -> list[int]:
+            return [self.lexical.row(int(i), data.caption_index(int(i))) for i in items]
+
+        try:
+            partners = choose_partners(self.lexical, rows(anchors), [data.image_key_of(int(i)) for i in anchors],
+                                       pool, rows(pool), [data.image_key_of(int(i)) for i in pool])
+        except ValueError as err:
+            raise DataError(str(err)) from None
+        out = np.empty(2 * len(anchors), dtype=np.int64)
+        out[0::2], out[1::2] = anchors, partners
+        return out
 
     def local_indices(self, d: int) -> np.ndarray:
         per_rank = self.micro_batch // self.dist.world_size

@@ -130,7 +130,8 @@ def train(cfg: RunConfig, resume: str | None = None, show_progress: bool = True,
     if tc.batch_size % tc.grad_accum:
         raise DataError(f"train.batch_size={tc.batch_size} is not divisible by train.grad_accum={tc.grad_accum}")
     collate = functools.partial(collate_pretrain, tokenizer=tokenizer, max_len=cfg.model.text.max_len)
-    batches = StepBatches(dataset, micro, tc.seed, info, collate)
+    batches = StepBatches(dataset, micro, tc.seed, info, collate,
+                          lexical_pool=cfg.data.lexical_pool if cfg.data.batching == "lexical" else 0)
     start = int(progress_state["step"])
     loader = torch.utils.data.DataLoader(
         batches, batch_size=None, sampler=StepSampler(start * tc.grad_accum, tc.max_steps * tc.grad_accum),
