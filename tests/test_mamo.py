@@ -140,7 +140,7 @@ def test_targets_and_teacher_get_no_gradient_the_student_does(tmp_path, masking,
         assert p.grad is not None and torch.isfinite(p.grad).all(), f"no gradient reached {name}"
     vision, fusion = module.model.vision, module.model.fusion
     nonzero = {
-        "vision patch embedding": vision.patch_embed.weight,
+        "vision patch embedding": next(vision.patch_embed.parameters()),
         "vision block": vision.blocks[0].attn.query.weight,
         "text tower": module.model.text.blocks[0].attn.query.weight,
         "fusion text stream": fusion.blocks[-1].mlp.fc1.weight,
