@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from safetensors.torch import load_file
 from conftest import TINY, tiny_config
 from maskvlp.engine import checkpoint as ckpt
 from maskvlp.engine.optim import lr_factor
-from maskvlp.engine.trainer import TrainingDiverged, train
+from maskvlp.engine.trainer import TrainingDiverged, _calibrated_total, _calibration_due, train
 
 
 def _losses(run_dir: Path) -> dict[int, float]:
@@ -107,6 +108,39 @@ def test_time_budget_ends_training(tmp_path):
     result = train(cfg, show_progress=False)
     assert 0 < result.steps < 100000
     assert result.checkpoint is not None and result.checkpoint.name == f"step-{result.steps:07d}"
+
+
+def test_calibration_ignores_a_stall_and_follows_a_lasting_change():
+    """The wall-clock budget becomes a step count from the median recent step time: a one-off stall at
+    calibration (a checkpoint write, another job's burst) must not end the run early, while a lasting
+    slow-down re-fits the schedule at the next tenth of the run."""
+    tc = SimpleNamespace(time_budget=60.0, max_steps=10**6)
+    times = [0.1] * 60
+    times[40:45] = [3.0] * 5  # a 14.5 s stall just before the second calibration
+    total = _calibrated_total(60, 100, tc, sum(times), times)
+    assert total == 60 + int((60.0 - sum(times)) / 0.1)  # the stall's own time is spent, its speed ignored
+    mean_based = 60 + int((60.0 - sum(times)) / (sum(times[5:]) / 55))
+    assert mean_based < 200 < total
+    assert _calibrated_total(61, total, tc, sum(times) + 0.1, times + [0.1]) == total  # not due
+    assert _calibration_due(60, total) and _calibration_due(90, 455) and not _calibration_due(91, 455)
+    slower = times + [0.4] * 30  # the machine is now shared for good
+    refit = _calibrated_total(90, total, tc, sum(slower), slower)
+    assert refit == 90 + int((60.0 - sum(slower)) / 0.4) < total
+
+
+def test_two_gloo_processes_end_a_time_budget_together(tmp_path):
+    """Each rank times its own steps; they must agree on the schedule and on when the budget is spent,
+    or one rank steps once more and waits forever in a collective."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "maskvlp.cli", "pretrain", "--recipe", "clip", "--no-evaluate", *TINY,
+                          "model.text.depth=2", "model.fusion.depth=0", "train.time_budget=4", "train.max_steps=100000",
+                          "train.threads=1", f"output_dir={tmp_path}"], env=env, capture_output=True, text=True,
+                         timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
+    steps = sorted(_losses(tmp_path))
+    assert steps and steps[-1] < 100000
+    assert ckpt.resolve_checkpoint("latest", tmp_path).name == f"step-{steps[-1]:07d}"
 
 
 def test_gradient_accumulation_runs_and_counts_samples(tmp_path):

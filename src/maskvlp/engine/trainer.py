@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from maskvlp.engine.pretrainer import Pretrainer
 from maskvlp.objectives.context import Batch, TextSpecials
 
 CALIBRATE_AT = (20, 60)  # steps after which a time budget is converted into a step count
+CALIBRATION_WINDOW = 50  # recent steps whose median time is the speed
 
 
 class TrainingDiverged(RuntimeError):
@@ -180,7 +182,8 @@ def train(cfg: RunConfig, resume: str | None = None, show_progress: bool = True,
             step_times.append(dt)
             elapsed = elapsed0 + time.monotonic() - t0
             if tc.time_budget > 0:
-                total = _calibrated_total(step, total, tc, elapsed, step_times)
+                calibrated = _calibrated_total(step, total, tc, elapsed, step_times)
+                total = _agree(calibrated, "min", device) if _calibration_due(step, total) else calibrated
                 bar.set_total(total)
             if step % tc.log_every == 0 or step == total:
                 logger.log(step, {"loss": step_loss, **metrics, "lr": optimizer.param_groups[-1]["lr"],
@@ -188,7 +191,8 @@ def train(cfg: RunConfig, resume: str | None = None, show_progress: bool = True,
                                   "elapsed_s": elapsed, "bad_samples": progress_state["bad"]})
             bar.update(step, f"loss {step_loss:.3f} · {tc.batch_size / dt:.0f} samples/s")
             progress_state.update(step=step, total=total, elapsed=elapsed)
-            done = step >= total or (tc.time_budget > 0 and elapsed >= tc.time_budget)
+            out_of_time = tc.time_budget > 0 and _agree(int(elapsed >= tc.time_budget), "max", device) == 1
+            done = step >= total or out_of_time
             if step % tc.ckpt_every == 0 or done or (stop_after is not None and step - start >= stop_after):
                 last_ckpt = _save(out, step, module, optimizer, progress_state, cfg, info)
             if done:
@@ -205,12 +209,34 @@ def train(cfg: RunConfig, resume: str | None = None, show_progress: bool = True,
     return TrainResult(out, last_ckpt, step, seconds, (step - start) * tc.batch_size, losses, progress_state["bad"])
 
 
+def _calibration_due(step: int, total: int) -> bool:
+    """At CALIBRATE_AT, then every tenth of the run: a machine whose speed changes (another job starts
+    or ends) gets its schedule re-fitted instead of ending early or being cut off."""
+    if step in CALIBRATE_AT:
+        return True
+    return step > CALIBRATE_AT[-1] and step % max(CALIBRATE_AT[0], total // 10) == 0
+
+
 def _calibrated_total(step: int, total: int, tc, elapsed: float, step_times: list[float]) -> int:
-    """Turn the remaining wall-clock budget into steps, so the cosine schedule ends on time."""
-    if step not in CALIBRATE_AT or len(step_times) < 10:
+    """Turn the remaining wall-clock budget into steps, so the cosine schedule ends on time.
+
+    The median of the recent step times (the first 5 of a run excluded: warm-up) is the speed, so a
+    one-off stall (a checkpoint write, a burst of other work) does not shorten the whole schedule.
+    """
+    if not _calibration_due(step, total) or len(step_times) < 10:
         return total
-    per_step = sum(step_times[5:]) / len(step_times[5:])
+    per_step = statistics.median(step_times[5:][-CALIBRATION_WINDOW:])
     return max(step + 1, min(tc.max_steps, step + int((tc.time_budget - elapsed) / per_step)))
+
+
+def _agree(value: int, op: str, device: torch.device) -> int:
+    """The same number on every rank (min or max), so no rank steps once more than the others and
+    waits forever in a collective."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.long, device=device)  # NCCL reduces CUDA tensors only
+    dist.all_reduce(t, op=dist.ReduceOp.MIN if op == "min" else dist.ReduceOp.MAX)
+    return int(t.item())
 
 
 def _check_bad_fraction(state: dict, limit: float) -> None:
