@@ -9,15 +9,19 @@ from maskvlp.config import ConfigError, VisionConfig, load_config
 from maskvlp.models.vision import ConvPatchEmbed, OverlappingConvStem, VisionTransformer
 
 
-def test_conv_stem_embeds_each_patch_from_that_patch_alone():
-    torch.manual_seed(0)
-    stem = ConvPatchEmbed(patch_size=8, width=32)
+def _token_change_from_one_patch(stem) -> torch.Tensor:
+    """How much each token of a 4x4 grid moves when only the patch at grid (1, 2) changes."""
     images = torch.randn(2, 3, 32, 32)
     out = stem(images)
     assert out.shape == (2, 32, 4, 4)
     changed = images.clone()
-    changed[:, :, 8:16, 16:24] = torch.randn(2, 3, 8, 8)  # patch at grid (1, 2)
-    diff = (stem(changed) - out).abs().sum(dim=(0, 1))
+    changed[:, :, 8:16, 16:24] = torch.randn(2, 3, 8, 8)
+    return (stem(changed) - out).abs().sum(dim=(0, 1))
+
+
+def test_conv_stem_embeds_each_patch_from_that_patch_alone():
+    torch.manual_seed(0)
+    diff = _token_change_from_one_patch(ConvPatchEmbed(patch_size=8, width=32))
     assert diff[1, 2] > 0
     diff[1, 2] = 0
     assert torch.all(diff == 0), "a patch's embedding depended on another patch"
@@ -39,13 +43,7 @@ def test_vit_with_conv_stem_supports_masking_and_dropping():
 
 def test_overlapping_stem_reads_the_neighbouring_patch_and_keeps_the_token_layout():
     torch.manual_seed(0)
-    stem = OverlappingConvStem(patch_size=8, width=32)
-    images = torch.randn(2, 3, 32, 32)
-    out = stem(images)
-    assert out.shape == (2, 32, 4, 4)
-    changed = images.clone()
-    changed[:, :, 8:16, 16:24] = torch.randn(2, 3, 8, 8)  # patch at grid (1, 2)
-    diff = (stem(changed) - out).abs().sum(dim=(0, 1))
+    diff = _token_change_from_one_patch(OverlappingConvStem(patch_size=8, width=32))
     assert diff[1, 2] > 0 and diff[1, 3] > 0 and diff[2, 2] > 0, "the stem should see across patch borders"
     assert diff[3, 0] == 0, "a token far from the change moved: the receptive field is wider than the stem's"
     with pytest.raises(ValueError, match="power-of-two"):

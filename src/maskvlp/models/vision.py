@@ -50,6 +50,15 @@ def random_keep_indices(
     return noise.argsort(dim=1)[:, :keep].sort(dim=1).values
 
 
+def stem_channels(patch_size: int, width: int) -> list[int]:
+    """Channels of a conv stem's stride-2 layers, from RGB to ``width``: log2(patch_size) layers,
+    each doubling the channels (at least 16)."""
+    steps = int(math.log2(patch_size))
+    if 2**steps != patch_size:
+        raise ValueError(f"the conv stem needs a power-of-two patch size, got {patch_size}")
+    return [3] + [max(16, width >> (steps - i)) for i in range(1, steps + 1)]
+
+
 class ConvPatchEmbed(nn.Module):
     """A small CNN applied to each patch on its own, in place of the single linear patch projection.
 
@@ -62,10 +71,8 @@ class ConvPatchEmbed(nn.Module):
 
     def __init__(self, patch_size: int, width: int):
         super().__init__()
-        steps = int(math.log2(patch_size))
-        if 2**steps != patch_size:
-            raise ValueError(f"the conv stem needs a power-of-two patch size, got {patch_size}")
-        channels = [3] + [max(16, width >> (steps - i)) for i in range(1, steps + 1)]
+        channels = stem_channels(patch_size, width)
+        steps = len(channels) - 1
         layers: list[nn.Module] = []
         for i in range(steps):
             layers.append(nn.Conv2d(channels[i], channels[i + 1], 3, stride=2, padding=1))
@@ -105,10 +112,8 @@ class OverlappingConvStem(nn.Module):
 
     def __init__(self, patch_size: int, width: int):
         super().__init__()
-        steps = int(math.log2(patch_size))
-        if 2**steps != patch_size:
-            raise ValueError(f"the conv stem needs a power-of-two patch size, got {patch_size}")
-        channels = [3] + [max(16, width >> (steps - i)) for i in range(1, steps + 1)]
+        channels = stem_channels(patch_size, width)
+        steps = len(channels) - 1
         layers: list[nn.Module] = []
         for i in range(steps):
             layers += [nn.Conv2d(channels[i], channels[i + 1], 3, stride=2, padding=1, bias=False),
