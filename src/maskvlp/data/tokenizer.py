@@ -90,6 +90,11 @@ class Tokenizer:
         """Ids a masking objective must never mask or predict."""
         return frozenset((self.pad_id, self.cls_id, self.sep_id, self.mask_id, self.unk_id))
 
+    @property
+    def continuation_ids(self) -> frozenset[int]:
+        """Ids of the ``##`` pieces, which continue the word before them (for whole-word edits)."""
+        return frozenset(i for piece, i in self.backend.get_vocab().items() if piece.startswith("##"))
+
     def token_id(self, token: str) -> int:
         return int(self.backend.convert_tokens_to_ids(token))
 

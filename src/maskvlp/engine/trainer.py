@@ -27,6 +27,7 @@ from maskvlp.engine.logging import MetricsLogger, TrainProgress, console
 from maskvlp.engine.optim import lr_factor, make_optimizer, set_lr
 from maskvlp.engine.precision import autocast, resolve_precision
 from maskvlp.engine.pretrainer import Pretrainer
+from maskvlp.negatives import WordLexicon
 from maskvlp.objectives.context import Batch, TextSpecials
 
 CALIBRATE_AT = (20, 60)  # steps after which a time budget is converted into a step count
@@ -50,7 +51,8 @@ class TrainResult:
 
 def text_specials(tokenizer: Any) -> TextSpecials:
     return TextSpecials(tokenizer.pad_id, tokenizer.mask_id, tokenizer.vocab_size,
-                        torch.tensor(sorted(tokenizer.special_ids), dtype=torch.long))
+                        torch.tensor(sorted(tokenizer.special_ids), dtype=torch.long),
+                        WordLexicon.from_tokenizer(tokenizer))
 
 
 def build_pretrain_dataset(cfg: RunConfig, progress: Callable[[int, int], None] | None = None):

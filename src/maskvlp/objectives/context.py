@@ -21,6 +21,7 @@ from maskvlp.engine.distributed import all_gather_nograd, local_slice
 from maskvlp.masking import MaskedText, bert_text_mask
 from maskvlp.models.fusion import FusionOutput
 from maskvlp.models.vlp import Encoded, VLPModel
+from maskvlp.negatives import WordLexicon, perturb_batch
 
 
 @dataclass
@@ -31,6 +32,7 @@ class TextSpecials:
     mask_id: int
     vocab_size: int
     special_ids: torch.Tensor
+    lexicon: WordLexicon | None = None  # attribute and spatial words, for rule-based negative captions
 
 
 @dataclass
@@ -101,6 +103,17 @@ class StepContext:
     def teacher_text(self) -> Encoded:
         with torch.no_grad():
             return self.model.encode_text(self.batch.input_ids, self.batch.attention_mask, teacher=True)
+
+    @cached_property
+    def negative_text(self) -> tuple[Encoded, torch.Tensor, torch.Tensor]:
+        """The student's pass over rule-based negatives of the batch's captions (:mod:`maskvlp.negatives`):
+        (encoded negatives, their attention mask, bool rows of the batch they negate). Once per step."""
+        if self.specials.lexicon is None:
+            raise ValueError("negative captions need TextSpecials.lexicon (built by engine.trainer.text_specials)")
+        first = local_slice(self.batch.global_size).start or 0
+        ids, mask, valid = perturb_batch(self.batch.input_ids, self.batch.attention_mask, self.specials.lexicon,
+                                         lambda r: self.generator(f"text-negatives/{first + r}"), self.specials.pad_id)
+        return self.model.encode_text(ids, mask), mask, valid
 
     @cached_property
     def global_image_keys(self) -> torch.Tensor:

@@ -10,7 +10,12 @@ candidate contributes no negative.
 images instead: measured on the synthetic world (docs/baselines.md), ITM trained on hard negatives
 alone never sees an easy pair, stays at its class prior and even learns to call random pairs
 matches, while random negatives from the same checkpoint lift it above the prior in 20 steps.
-``hard_negatives: false`` is ``random_mix: 1``. Negatives are drawn across all ranks (BLIP's
+``hard_negatives: false`` is ``random_mix: 1``.
+
+``text_negatives: swap`` (ours, after NegCLIP / SVLC; ALBEF: none) adds, for each image whose caption has
+two attribute words of one kind or a spatial word, that caption with the words exchanged (or the spatial
+word reversed) as one more negative pair (:mod:`maskvlp.negatives`): the only negatives that ask the
+fusion *which* object has an attribute, which random and ITC-hard ones almost never do. Negatives are drawn across all ranks (BLIP's
 ``negative_all_rank``), with the same generator on every rank, so the draw does not depend on how
 the batch is split over processes.
 """
@@ -24,6 +29,7 @@ import torch.nn.functional as F
 from maskvlp.config import ConfigError, ModelConfig
 from maskvlp.engine.distributed import all_gather_nograd, all_gather_with_grad, local_slice, mean_over_ranks_denominator
 from maskvlp.models.vlp import FUSION, ITM as ITM_HEAD
+from maskvlp.negatives import PERTURBATIONS
 from maskvlp.objectives.base import Objective, ObjectiveOutput, register, take
 
 
@@ -47,6 +53,14 @@ def sample_hard_negatives(similarity: torch.Tensor, row_keys: torch.Tensor, colu
     return index, valid
 
 
+def cat_padded(tokens: list[torch.Tensor], masks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate text states (B_i, L_i, D) and masks (B_i, L_i) along the batch, padding to the longest L."""
+    width = max(t.shape[1] for t in tokens)
+    tokens = [F.pad(t, (0, 0, 0, width - t.shape[1])) for t in tokens]
+    masks = [F.pad(m, (0, width - m.shape[1])) for m in masks]
+    return torch.cat(tokens), torch.cat(masks)
+
+
 @register
 class ITM(Objective):
     name = "itm"
@@ -54,7 +68,8 @@ class ITM(Objective):
     # random_steps / random_ramp_steps [ours]: a curriculum, random negatives first (a matching head leaves its
     # class prior on them after ~200 steps from scratch towers, never within 800 on ITC-hard ones), then the
     # random share falls linearly to random_mix (docs/baselines.md). 0 / 0 = ALBEF's hard negatives throughout.
-    DEFAULTS: dict[str, Any] = {"hard_negatives": True, "random_mix": 0.0, "random_steps": 0, "random_ramp_steps": 0}
+    DEFAULTS: dict[str, Any] = {"hard_negatives": True, "random_mix": 0.0, "random_steps": 0, "random_ramp_steps": 0,
+                                "text_negatives": "none"}
 
     def __init__(self, model_cfg: ModelConfig, **params: Any):
         super().__init__(model_cfg)
@@ -67,6 +82,10 @@ class ITM(Objective):
             raise ConfigError("objectives.itm.params.random_steps and random_ramp_steps must be >= 0")
         self.random_steps: int = p["random_steps"]
         self.random_ramp_steps: int = p["random_ramp_steps"]
+        if p["text_negatives"] not in ("none", *PERTURBATIONS):
+            raise ConfigError(f"objectives.itm.params.text_negatives must be one of none, {', '.join(PERTURBATIONS)}; "
+                              f"got {p['text_negatives']!r}")
+        self.text_negatives: bool = p["text_negatives"] != "none"
 
     def random_share(self, step: int) -> float:
         """The share of uniformly drawn negatives at ``step``: 1 for ``random_steps`` steps, then a linear
@@ -92,12 +111,21 @@ class ITM(Objective):
         neg_text_of_image, ok_i = neg_text_of_image[rows], ok_i[rows]
         all_image, all_text, all_mask = all_gather_with_grad(image), all_gather_with_grad(text), all_gather_nograd(mask)
 
-        text_in = torch.cat([text, text[ok_t], all_text[neg_text_of_image[ok_i]]])
-        mask_in = torch.cat([mask, mask[ok_t], all_mask[neg_text_of_image[ok_i]]])
-        image_in = torch.cat([image, all_image[neg_image_of_text[ok_t]], image[ok_i]])
-        logits = model.itm_logits(text_in, mask_in, image_in)
+        texts = [text, text[ok_t], all_text[neg_text_of_image[ok_i]]]
+        masks = [mask, mask[ok_t], all_mask[neg_text_of_image[ok_i]]]
+        images = [image, all_image[neg_image_of_text[ok_t]], image[ok_i]]
+        if self.text_negatives:
+            negative, negative_mask, ok_n = ctx.negative_text
+            texts.append(negative.tokens)
+            masks.append(negative_mask)
+            images.append(image[ok_n])
+        text_in, mask_in = cat_padded(texts, masks)
+        logits = model.itm_logits(text_in, mask_in, torch.cat(images))
         labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
         labels[: image.shape[0]] = 1
         loss = F.cross_entropy(logits.float(), labels, reduction="sum") / mean_over_ranks_denominator(len(labels))
-        acc = (logits.argmax(1) == labels).float().mean()
-        return ObjectiveOutput(loss, {"itm_acc": float(acc), "itm_random_share": mix})
+        hit = logits.argmax(1) == labels
+        metrics = {"itm_acc": float(hit.float().mean()), "itm_random_share": mix}
+        if self.text_negatives and ok_n.any():  # how often the swapped captions are already told apart
+            metrics["itm_swap_acc"] = float(hit[-int(ok_n.sum()):].float().mean())
+        return ObjectiveOutput(loss, metrics)

@@ -1,0 +1,145 @@
+"""Rule-based negative captions: exactly one whole-word edit of the right kind, per-row determinism, and
+ITM pairing each negative with its own image."""
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from maskvlp.config import ConfigError
+from maskvlp.data.tokenizer import load_tokenizer
+from maskvlp.engine.pretrainer import Pretrainer
+from maskvlp.engine.trainer import text_specials
+from maskvlp.negatives import ATTRIBUTE_WORDS, WordLexicon, perturb_batch, perturb_caption, split_words
+from maskvlp.objectives import build_objective
+from maskvlp.objectives.context import Batch
+
+TOKENIZER = load_tokenizer()
+LEXICON = WordLexicon.from_tokenizer(TOKENIZER)
+
+
+def _ids(text: str) -> list[int]:
+    return TOKENIZER.encode([text], 40).input_ids[0].tolist()
+
+
+def _text(ids: list[int]) -> str:
+    return TOKENIZER.decode(torch.tensor(ids))
+
+
+def _all_negatives(text: str, draws: int = 200) -> Counter:
+    g = torch.Generator().manual_seed(0)
+    out = Counter()
+    for _ in range(draws):
+        neg = perturb_caption(_ids(text), LEXICON, g)
+        out[None if neg is None else _text(neg)] += 1
+    return out
+
+
+def test_attribute_swaps_and_converses_are_the_only_edits_and_all_are_drawn():
+    seen = _all_negatives("a small red circle to the left of a large blue square")
+    assert set(seen) == {
+        "a small blue circle to the left of a large red square",  # colours exchanged
+        "a large red circle to the left of a small blue square",  # sizes exchanged
+        "a small red circle to the right of a large blue square",  # relation reversed
+    }
+    # the rule is drawn uniformly among the three that apply
+    assert all(abs(n / 200 - 1 / 3) < 0.12 for n in seen.values()), seen
+
+
+def test_multi_piece_words_move_whole_and_word_pieces_of_longer_words_are_not_words():
+    assert len(TOKENIZER.tokenize("cyan")) > 1 and len(TOKENIZER.tokenize("matte")) > 1
+    assert set(_all_negatives("a cyan matte star and a red metal cross", 50)) == {
+        "a red matte star and a cyan metal cross", "a cyan metal star and a red matte cross"}
+    # "reddish" starts with the piece "red" only if the tokenizer splits it so; either way it is no colour word
+    assert set(_all_negatives("a reddish star and a blue cross", 20)) == {None}
+
+
+@pytest.mark.parametrize("text", ["two circles", "a red circle and a red square", "a picture of a red object",
+                                  "a dog running on the grass"])
+def test_captions_without_two_different_attributes_or_a_spatial_word_get_no_negative(text):
+    assert set(_all_negatives(text, 10)) == {None}
+
+
+def test_a_negative_keeps_every_word_and_its_length():
+    text = "there is a large gray matte square above a small cyan star"
+    g = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        ids = _ids(text)
+        neg = perturb_caption(ids, LEXICON, g)
+        words, neg_words = split_words(ids, LEXICON.continuation), split_words(neg, LEXICON.continuation)
+        changed = [i for i, (a, b) in enumerate(zip(words, neg_words)) if a != b]
+        if len(changed) == 2:  # a swap: the same multiset of words, two of one kind exchanged
+            assert Counter(words) == Counter(neg_words) and len(neg) == len(ids)
+            kinds = {LEXICON.kind[words[i]] for i in changed}
+            assert len(kinds) == 1 and kinds <= set(ATTRIBUTE_WORDS)
+        else:  # a converse: one spatial word replaced
+            assert changed and len(changed) == 1 and LEXICON.converse[words[changed[0]]] == neg_words[changed[0]]
+
+
+def test_batch_negatives_depend_on_their_row_alone_and_are_padded():
+    texts = ["a red circle and a blue square", "two circles", "a star above a cross"]
+    enc = TOKENIZER.encode(texts, 40)
+
+    def generator(offset):
+        return lambda r: torch.Generator().manual_seed(1000 + offset + r)
+
+    ids, mask, valid = perturb_batch(enc.input_ids, enc.attention_mask, LEXICON, generator(0), TOKENIZER.pad_id)
+    assert valid.tolist() == [True, False, True]
+    assert ids.shape == mask.shape and ids.shape[0] == 2
+    assert _text(ids[1][mask[1].bool()].tolist()) == "a star below a cross"
+    assert (ids[mask == 0] == TOKENIZER.pad_id).all()
+    # the last row alone, with its global row index (as a second rank would hold it): the same negative
+    alone = TOKENIZER.encode(texts[2:], 40)
+    ids2, mask2, _ = perturb_batch(alone.input_ids, alone.attention_mask, LEXICON, generator(2), TOKENIZER.pad_id)
+    assert ids2[0][mask2[0].bool()].tolist() == ids[1][mask[1].bool()].tolist()
+
+
+def test_itm_scores_each_negative_caption_against_its_own_image(tmp_path):
+    torch.manual_seed(0)
+    extra = ("objectives.itm.params.text_negatives=swap",)
+    cfg = tiny_config(tmp_path, "albef", *extra)
+    module = Pretrainer(cfg, text_specials(TOKENIZER))
+    captions = ["a red circle and a blue square", "two circles", "a star above a cross", "a green triangle"]
+    tok = TOKENIZER.encode(captions, cfg.model.text.max_len)
+    size = cfg.model.vision.image_size
+    batch = Batch(torch.randn(4, 3, size, size), tok.input_ids, tok.attention_mask, torch.arange(4), 4)
+    seen = {}
+    itm_logits = module.model.itm_logits
+
+    def spy(text, mask, image):
+        seen.update(text=text, mask=mask, image=image)
+        return itm_logits(text, mask, image)
+
+    module.model.itm_logits = spy
+    _, metrics = module(batch, step=0)
+    n = 4
+    assert seen["text"].shape[0] == 3 * n + 2  # positives, two hard negatives each, two caption negatives
+    image = module.model.encode_image(batch.images).tokens
+    assert torch.allclose(seen["image"][-2:], image[[0, 2]], atol=1e-5)  # each with its own image
+    neg_ids = perturb_batch(batch.input_ids, batch.attention_mask, text_specials(TOKENIZER).lexicon,
+                            lambda r: _context_generator(cfg.train.seed, r), TOKENIZER.pad_id)[0]
+    neg_text = module.model.encode_text(neg_ids, (neg_ids != TOKENIZER.pad_id).long()).tokens
+    width = neg_text.shape[1]
+    assert torch.allclose(seen["text"][-2:, :width], neg_text, atol=1e-5)
+    assert (seen["mask"][-2:, width:] == 0).all()
+    assert 0.0 <= metrics["itm_swap_acc"] <= 1.0
+
+
+def _context_generator(seed: int, row: int) -> torch.Generator:
+    from maskvlp.objectives.context import StepContext
+
+    return StepContext.generator(_Keyed(seed), f"text-negatives/{row}")
+
+
+class _Keyed:
+    """The fields StepContext.generator reads (step 0, micro-batch 0)."""
+
+    def __init__(self, seed: int):
+        self.seed, self.step, self.micro = seed, 0, 0
+
+
+def test_unknown_text_negatives_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="text_negatives"):
+        build_objective("itm", tiny_config(tmp_path).model, {"text_negatives": "shuffle"})
