@@ -342,3 +342,21 @@ def test_objective_weight_ramps_in_linearly_and_the_total_uses_it(tmp_path):
     assert float(total.detach()) == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ConfigError, match="ramp_steps must be >= 0"):
         tiny_config(tmp_path, "albef", "objectives.mlm.ramp_steps=-1")
+
+
+def test_an_objective_before_its_start_step_costs_no_pass(tmp_path):
+    """MLM starting at step 5: before it, no masked caption is made and no fusion pass runs for it;
+    from step 5 it runs and its loss enters the total."""
+    module = _module(tmp_path, "albef", "objectives.mlm.start_step=5", "objectives.mlm.params.alpha=0.0")
+    batch = _batch(tiny_config(tmp_path))
+    calls = []
+    fuse = module.model.fuse
+    module.model.fuse = lambda *a, **k: calls.append(1) or fuse(*a, **k)
+    _, early = module(batch, step=4)
+    early_calls = len(calls)
+    calls.clear()
+    total, late = module(batch, step=5)
+    assert "loss_mlm" not in early and "mlm_acc" not in early
+    assert late["loss_mlm"] > 0 and len(calls) == early_calls + 1  # exactly one more fusion: MLM's
+    expected = late["loss_itc"] + late["loss_itm"] + late["loss_mlm"]
+    assert float(total.detach()) == pytest.approx(expected, rel=1e-5)

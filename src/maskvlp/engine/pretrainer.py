@@ -47,8 +47,9 @@ class Pretrainer(nn.Module):
     def weight(self, key: str, step: int) -> float:
         """The objective's weight at ``step``: 0 before ``start_step``, then ramped in over ``ramp_steps``.
 
-        A zero-weight objective is still computed (its metrics stay logged and DDP sees every
-        parameter used), it just adds nothing to the loss.
+        A zero-weight objective is not computed at all (no passes, no metrics that step): an objective
+        that starts late costs nothing before it starts. Every rank skips the same steps, and DDP runs
+        with ``find_unused_parameters`` because composed recipes already leave parts unused.
         """
         start, ramp = self.schedules[key]
         if step < start:
@@ -60,8 +61,11 @@ class Pretrainer(nn.Module):
         total = torch.zeros((), device=batch.images.device)
         metrics: dict[str, float] = {}
         for key, objective in self.objectives.items():
+            weight = self.weight(key, step)
+            if weight == 0.0:
+                continue
             out = objective(ctx)
-            total = total + self.weight(key, step) * out.loss
+            total = total + weight * out.loss
             metrics[f"loss_{key}"] = float(out.loss.detach())
             metrics.update(out.metrics)
         return total, metrics
