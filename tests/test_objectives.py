@@ -275,9 +275,13 @@ def test_teacher_follows_the_student_by_ema_after_a_step(tmp_path):
 @pytest.mark.parametrize("recipe", ["albef", "clip"])
 def test_loss_falls_on_a_fixed_batch(tmp_path, recipe):
     # on one repeated batch, a queue fills with copies of its own images (extra positives) and
-    # distillation softens targets: both raise the loss floor, so they are off here (tested apart)
+    # distillation softens targets: both raise the loss floor, so they are off here (tested apart);
+    # ALBEF's own schedule (hard ITM negatives, 1 : 2, and MLM from step 0) so all three losses are checked
+    # against the same class prior
     extra = ["objectives.itc.params.queue=false", "objectives.itc.params.alpha=0.0",
-             "objectives.mlm.params.alpha=0.0"] if recipe == "albef" else []
+             "objectives.mlm.params.alpha=0.0", "objectives.mlm.start_step=0",
+             "objectives.itm.params.random_steps=0", "objectives.itm.params.random_ramp_steps=0",
+             "objectives.itm.params.text_negatives=none"] if recipe == "albef" else []
     module = _module(tmp_path, recipe, *extra)
     cfg = tiny_config(tmp_path, recipe, *extra)
     batch = _batch(cfg)
@@ -330,7 +334,7 @@ def test_student_batch_features_send_itc_gradient_through_the_in_batch_columns(t
 
 
 def test_objective_weight_ramps_in_linearly_and_the_total_uses_it(tmp_path):
-    module = _module(tmp_path, "albef", "objectives.mlm.ramp_steps=4", "objectives.mlm.weight=2")
+    module = _module(tmp_path, "albef", "objectives.mlm.start_step=0", "objectives.mlm.ramp_steps=4", "objectives.mlm.weight=2")
     assert [module.weight("mlm", s) for s in (0, 1, 3, 10)] == [0.5, 1.0, 2.0, 2.0]
     late = _module(tmp_path, "albef", "objectives.itm.start_step=3", "objectives.itm.ramp_steps=2")
     assert [late.weight("itm", s) for s in (0, 2, 3, 4, 9)] == [0.0, 0.0, 0.5, 1.0, 1.0]
@@ -347,7 +351,8 @@ def test_objective_weight_ramps_in_linearly_and_the_total_uses_it(tmp_path):
 def test_an_objective_before_its_start_step_costs_no_pass(tmp_path):
     """MLM starting at step 5: before it, no masked caption is made and no fusion pass runs for it;
     from step 5 it runs and its loss enters the total."""
-    module = _module(tmp_path, "albef", "objectives.mlm.start_step=5", "objectives.mlm.params.alpha=0.0")
+    module = _module(tmp_path, "albef", "objectives.mlm.start_step=5", "objectives.mlm.ramp_steps=0",
+                     "objectives.mlm.params.alpha=0.0")
     batch = _batch(tiny_config(tmp_path))
     calls = []
     fuse = module.model.fuse

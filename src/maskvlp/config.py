@@ -159,7 +159,7 @@ class ObjectiveConfig:
     name: str = MISSING
     weight: float = 1.0
     params: dict[str, Any] = field(default_factory=dict)
-    # weight 0 before start_step, then rising linearly over ramp_steps steps to `weight`
+    # weight 0 (and not computed) before start_step, then rising linearly over ramp_steps steps to `weight`
     # (0, 0 = full weight from the first step). For objectives whose gradient would swamp ITC while
     # encoders trained from nothing are not yet aligned (docs/methods.md, SCL).
     start_step: int = 0

@@ -125,7 +125,9 @@ class ITM(Objective):
         labels[: image.shape[0]] = 1
         loss = F.cross_entropy(logits.float(), labels, reduction="sum") / mean_over_ranks_denominator(len(labels))
         hit = logits.argmax(1) == labels
-        metrics = {"itm_acc": float(hit.float().mean()), "itm_random_share": mix}
+        n_pos = image.shape[0]  # accuracy on positives apart: "no match" for every pair scores 1 - n_pos / n
+        metrics = {"itm_acc": float(hit.float().mean()), "itm_pos_acc": float(hit[:n_pos].float().mean()),
+                   "itm_random_share": mix}
         if self.text_negatives and ok_n.any():  # how often the swapped captions are already told apart
             metrics["itm_swap_acc"] = float(hit[-int(ok_n.sum()):].float().mean())
         return ObjectiveOutput(loss, metrics)
