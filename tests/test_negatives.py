@@ -14,7 +14,7 @@ from maskvlp.engine.pretrainer import Pretrainer
 from maskvlp.engine.trainer import text_specials
 from maskvlp.negatives import ATTRIBUTE_WORDS, WordLexicon, perturb_batch, perturb_caption, split_words
 from maskvlp.objectives import build_objective
-from maskvlp.objectives.context import Batch
+from maskvlp.objectives.context import Batch, step_generator
 
 TOKENIZER = load_tokenizer()
 LEXICON = WordLexicon.from_tokenizer(TOKENIZER)
@@ -119,7 +119,7 @@ def test_itm_scores_each_negative_caption_against_its_own_image(tmp_path):
     image = module.model.encode_image(batch.images).tokens
     assert torch.allclose(seen["image"][-2:], image[[0, 2]], atol=1e-5)  # each with its own image
     neg_ids = perturb_batch(batch.input_ids, batch.attention_mask, text_specials(TOKENIZER).lexicon,
-                            lambda r: _context_generator(cfg.train.seed, r), TOKENIZER.pad_id)[0]
+                            lambda r: step_generator(cfg.train.seed, 0, 0, f"text-negatives/{r}"), TOKENIZER.pad_id)[0]
     neg_text = module.model.encode_text(neg_ids, (neg_ids != TOKENIZER.pad_id).long()).tokens
     width = neg_text.shape[1]
     assert torch.allclose(seen["text"][-2:, :width], neg_text, atol=1e-5)
@@ -127,17 +127,18 @@ def test_itm_scores_each_negative_caption_against_its_own_image(tmp_path):
     assert 0.0 <= metrics["itm_swap_acc"] <= 1.0
 
 
-def _context_generator(seed: int, row: int) -> torch.Generator:
-    from maskvlp.objectives.context import StepContext
-
-    return StepContext.generator(_Keyed(seed), f"text-negatives/{row}")
-
-
-class _Keyed:
-    """The fields StepContext.generator reads (step 0, micro-batch 0)."""
-
-    def __init__(self, seed: int):
-        self.seed, self.step, self.micro = seed, 0, 0
+def test_itm_with_no_caption_to_perturb_adds_no_pair(tmp_path):
+    torch.manual_seed(0)
+    cfg = tiny_config(tmp_path, "albef", "objectives.itm.params.text_negatives=swap")
+    module = Pretrainer(cfg, text_specials(TOKENIZER))
+    tok = TOKENIZER.encode(["two circles", "a green triangle"], cfg.model.text.max_len)
+    size = cfg.model.vision.image_size
+    batch = Batch(torch.randn(2, 3, size, size), tok.input_ids, tok.attention_mask, torch.arange(2), 2)
+    pairs = []
+    itm_logits = module.model.itm_logits
+    module.model.itm_logits = lambda text, mask, image: pairs.append(text.shape[0]) or itm_logits(text, mask, image)
+    loss, metrics = module(batch, step=0)
+    assert pairs == [3 * 2] and "itm_swap_acc" not in metrics and torch.isfinite(loss)
 
 
 def test_unknown_text_negatives_is_a_config_error(tmp_path):

@@ -53,6 +53,14 @@ def text_mask_key(ratio: float, mask_fraction: float = 0.8, random_fraction: flo
     return ("bert", float(ratio), float(mask_fraction), float(random_fraction))
 
 
+def step_generator(seed: int, step: int, micro: int, purpose: str) -> torch.Generator:
+    """The generator of one purpose at one (micro-)step: a pure function of its key, so a resumed run and
+    every rank draw the same numbers."""
+    g = torch.Generator()
+    g.manual_seed(zlib.crc32(f"{seed}/{step}/{micro}/{purpose}".encode()))
+    return g
+
+
 class StepContext:
     def __init__(self, model: VLPModel, batch: Batch, step: int, seed: int, specials: TextSpecials, micro: int = 0,
                  masked_text_image_states: frozenset[tuple] = frozenset()):
@@ -75,10 +83,7 @@ class StepContext:
 
     # ------------------------------------------------------------------ randomness
     def generator(self, purpose: str) -> torch.Generator:
-        g = torch.Generator()
-        mix = zlib.crc32(f"{self.seed}/{self.step}/{self.micro}/{purpose}".encode())
-        g.manual_seed(mix)
-        return g
+        return step_generator(self.seed, self.step, self.micro, purpose)
 
     def global_rand(self, purpose: str, *tail: int) -> torch.Tensor:
         """Uniform noise drawn for the whole global batch; this rank's rows."""
@@ -105,15 +110,20 @@ class StepContext:
             return self.model.encode_text(self.batch.input_ids, self.batch.attention_mask, teacher=True)
 
     @cached_property
-    def negative_text(self) -> tuple[Encoded, torch.Tensor, torch.Tensor]:
-        """The student's pass over rule-based negatives of the batch's captions (:mod:`maskvlp.negatives`):
-        (encoded negatives, their attention mask, bool rows of the batch they negate). Once per step."""
+    def negative_captions(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rule-based negatives of the batch's captions (:mod:`maskvlp.negatives`): (ids, attention mask,
+        bool rows of the batch they negate); rows with nothing to perturb have none. Once per step."""
         if self.specials.lexicon is None:
             raise ValueError("negative captions need TextSpecials.lexicon (built by engine.trainer.text_specials)")
         first = local_slice(self.batch.global_size).start or 0
-        ids, mask, valid = perturb_batch(self.batch.input_ids, self.batch.attention_mask, self.specials.lexicon,
-                                         lambda r: self.generator(f"text-negatives/{first + r}"), self.specials.pad_id)
-        return self.model.encode_text(ids, mask), mask, valid
+        return perturb_batch(self.batch.input_ids, self.batch.attention_mask, self.specials.lexicon,
+                             lambda r: self.generator(f"text-negatives/{first + r}"), self.specials.pad_id)
+
+    @cached_property
+    def negative_text(self) -> Encoded:
+        """The student's text pass over :attr:`negative_captions` (ask only when there is at least one)."""
+        ids, mask, _ = self.negative_captions
+        return self.model.encode_text(ids, mask)
 
     @cached_property
     def global_image_keys(self) -> torch.Tensor:

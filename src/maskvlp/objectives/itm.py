@@ -10,14 +10,14 @@ candidate contributes no negative.
 images instead: measured on the synthetic world (docs/baselines.md), ITM trained on hard negatives
 alone never sees an easy pair, stays at its class prior and even learns to call random pairs
 matches, while random negatives from the same checkpoint lift it above the prior in 20 steps.
-``hard_negatives: false`` is ``random_mix: 1``.
+``hard_negatives: false`` is ``random_mix: 1``. Negatives are drawn across all ranks (BLIP's
+``negative_all_rank``), with the same generator on every rank, so the draw does not depend on how
+the batch is split over processes.
 
 ``text_negatives: swap`` (ours, after NegCLIP / SVLC; ALBEF: none) adds, for each image whose caption has
 two attribute words of one kind or a spatial word, that caption with the words exchanged (or the spatial
 word reversed) as one more negative pair (:mod:`maskvlp.negatives`): the only negatives that ask the
-fusion *which* object has an attribute, which random and ITC-hard ones almost never do. Negatives are drawn across all ranks (BLIP's
-``negative_all_rank``), with the same generator on every rank, so the draw does not depend on how
-the batch is split over processes.
+fusion *which* object has an attribute, which random and ITC-hard ones almost never do.
 """
 from __future__ import annotations
 
@@ -114,11 +114,13 @@ class ITM(Objective):
         texts = [text, text[ok_t], all_text[neg_text_of_image[ok_i]]]
         masks = [mask, mask[ok_t], all_mask[neg_text_of_image[ok_i]]]
         images = [image, all_image[neg_image_of_text[ok_t]], image[ok_i]]
+        ok_n = None
         if self.text_negatives:
-            negative, negative_mask, ok_n = ctx.negative_text
-            texts.append(negative.tokens)
-            masks.append(negative_mask)
-            images.append(image[ok_n])
+            _, negative_mask, ok_n = ctx.negative_captions
+            if ok_n.any():
+                texts.append(ctx.negative_text.tokens)
+                masks.append(negative_mask)
+                images.append(image[ok_n])
         text_in, mask_in = cat_padded(texts, masks)
         logits = model.itm_logits(text_in, mask_in, torch.cat(images))
         labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
@@ -128,6 +130,6 @@ class ITM(Objective):
         n_pos = image.shape[0]  # accuracy on positives apart: "no match" for every pair scores 1 - n_pos / n
         metrics = {"itm_acc": float(hit.float().mean()), "itm_pos_acc": float(hit[:n_pos].float().mean()),
                    "itm_random_share": mix}
-        if self.text_negatives and ok_n.any():  # how often the swapped captions are already told apart
+        if ok_n is not None and ok_n.any():  # how often the swapped captions are already told apart
             metrics["itm_swap_acc"] = float(hit[-int(ok_n.sum()):].float().mean())
         return ObjectiveOutput(loss, metrics)
