@@ -93,7 +93,10 @@ class Tokenizer:
     @property
     def continuation_ids(self) -> frozenset[int]:
         """Ids of the ``##`` pieces, which continue the word before them (for whole-word edits)."""
-        return frozenset(i for piece, i in self.backend.get_vocab().items() if piece.startswith("##"))
+        from maskvlp.masking import continuation_table
+
+        table = continuation_table(self.backend.convert_ids_to_tokens(list(range(self.vocab_size))))
+        return frozenset(table.nonzero().flatten().tolist())
 
     def token_id(self, token: str) -> int:
         return int(self.backend.convert_tokens_to_ids(token))

@@ -115,7 +115,7 @@ class StepContext:
         bool rows of the batch they negate); rows with nothing to perturb have none. Once per step."""
         if self.specials.lexicon is None:
             raise ValueError("negative captions need TextSpecials.lexicon (built by engine.trainer.text_specials)")
-        first = local_slice(self.batch.global_size).start or 0
+        first = local_slice(self.batch.global_size).start
         return perturb_batch(self.batch.input_ids, self.batch.attention_mask, self.specials.lexicon,
                              lambda r: self.generator(f"text-negatives/{first + r}"), self.specials.pad_id)
 

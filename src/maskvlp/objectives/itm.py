@@ -123,11 +123,12 @@ class ITM(Objective):
                 images.append(image[ok_n])
         text_in, mask_in = cat_padded(texts, masks)
         logits = model.itm_logits(text_in, mask_in, torch.cat(images))
+        n_pos = image.shape[0]  # the positives come first
         labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-        labels[: image.shape[0]] = 1
+        labels[:n_pos] = 1
         loss = F.cross_entropy(logits.float(), labels, reduction="sum") / mean_over_ranks_denominator(len(labels))
         hit = logits.argmax(1) == labels
-        n_pos = image.shape[0]  # accuracy on positives apart: "no match" for every pair scores 1 - n_pos / n
+        # accuracy on positives apart: answering "no match" to every pair scores 1 - n_pos / n overall
         metrics = {"itm_acc": float(hit.float().mean()), "itm_pos_acc": float(hit[:n_pos].float().mean()),
                    "itm_random_share": mix}
         if ok_n is not None and ok_n.any():  # how often the swapped captions are already told apart
