@@ -249,7 +249,7 @@ def test_rerank_topk_k_larger_than_candidates_and_tiebreak():
     assert torch.equal(rerank_topk(sim, 10, const, 2), torch.ones(2, 3))
     assert rerank_cost(2, 3, 10) == 6
     # equal ITM scores: with a tie-break the ITC order survives, so recall is not lost to ties
-    out = rerank_topk(sim, 2, const, 2, tiebreak=1e-4)
+    out = rerank_topk(sim, 2, const, 2, itc_weight=1e-4)
     assert out[0].argmax() == 1 and out[1].argmax() == 2 and out[0, 0] == NINF
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -26,19 +27,23 @@ def _setup(tmp_path):
     return cfg, tok, model, rset
 
 
-def _itm_one_pair(model, tok, rset, image_index: int, text: str) -> float:
-    """The reference: one pair at a time, text unpadded."""
+def _itm_one_pair(model, tok, rset, image_index: int, text: str, score: str = "itm") -> float:
+    """The reference: one pair at a time, text unpadded. ``itm``: log p(match); ``albef``: ALBEF's
+    Retrieval.py score, the match logit plus the ITC cosine similarity."""
     b = tok.encode([text], 40)
     img = model.encode_image(rset.image_batch([image_index]))
     txt = model.encode_text(b.input_ids, b.attention_mask)
     logits = model.itm_logits(txt.tokens, b.attention_mask, img.tokens)
+    if score == "albef":
+        return float(logits[0, 1] + (img.embed * txt.embed).sum())
     return float(F.log_softmax(logits, -1)[0, 1])
 
 
+@pytest.mark.parametrize("itm_score", ["albef", "itm"])
 @torch.no_grad()
-def test_batched_itm_rerank_equals_a_per_pair_loop(tmp_path):
+def test_batched_itm_rerank_equals_a_per_pair_loop(tmp_path, itm_score):
     cfg, tok, model, rset = _setup(tmp_path)
-    eval_cfg = dataclasses.replace(cfg.eval, itm_k=3, batch_size=5)
+    eval_cfg = dataclasses.replace(cfg.eval, itm_k=3, batch_size=5, itm_score=itm_score)
     rows = evaluate_retrieval(model, tok, rset, eval_cfg, cfg.model.text.max_len, show_progress=False)
     images = encode_images(model, rset.image_batch, rset.num_images, 4)
     texts = encode_texts(model, tok, rset.texts, 40, 7)
@@ -48,10 +53,10 @@ def test_batched_itm_rerank_equals_a_per_pair_loop(tmp_path):
     t2i = torch.full_like(sim, float("-inf"))
     for i in range(sim.shape[0]):
         for t in sim[i].topk(3).indices.tolist():
-            i2t[i, t] = _itm_one_pair(model, tok, rset, i, rset.texts[t])
+            i2t[i, t] = _itm_one_pair(model, tok, rset, i, rset.texts[t], itm_score)
     for t in range(sim.shape[1]):
         for i in sim[:, t].topk(3).indices.tolist():
-            t2i[i, t] = _itm_one_pair(model, tok, rset, i, rset.texts[t])
+            t2i[i, t] = _itm_one_pair(model, tok, rset, i, rset.texts[t], itm_score)
     txt2img = torch.as_tensor(rset.txt2img)
     expected = {**{k: v for k, v in M.recall_at_k(i2t, txt2img).items() if k.startswith("txt")},
                 **{k: v for k, v in M.recall_at_k(t2i, txt2img).items() if k.startswith("img")}}

@@ -191,6 +191,7 @@ class TrainConfig:
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
+ITM_SCORES = ("albef", "itm")
 
 
 @dataclass
@@ -198,6 +199,9 @@ class EvalConfig:
     split: str = "test"
     num_images: int = 1000
     itm_k: int = 8  # ITC shortlist re-ranked by ITM (ALBEF: 256 of 5k COCO images; 128 on Flickr)
+    # re-rank score: albef = ITM match logit + ITC cosine similarity (ALBEF's and BLIP's Retrieval.py) |
+    # itm = log p(match) alone. The binding test always uses log p(match): it asks the matching head.
+    itm_score: str = "albef"
     batch_size: int = 128
     test_json: str = ""  # Karpathy-style test file [{"image", "caption": [..]}] for user data
     image_root: str = ""
@@ -335,6 +339,7 @@ def validate(cfg: RunConfig) -> None:
     _choice("model.text.pool", cfg.model.text.pool, ("cls", "mean"))
     _choice("model.vision.stem", cfg.model.vision.stem, STEMS)
     _choice("data.batching", cfg.data.batching, BATCHINGS)
+    _choice("eval.itm_score", cfg.eval.itm_score, ITM_SCORES)
     if cfg.data.lexical_pool < 1:
         raise ConfigError(f"bad value for 'data.lexical_pool': {cfg.data.lexical_pool}; must be >= 1")
     _choice("data.source", cfg.data.source, DATA_SOURCES)

@@ -9,11 +9,12 @@ The caller supplies ``score_pairs(query_idx, cand_idx) -> Tensor[n]`` (one score
 ITM "match" logit); nothing here knows about models. Scores outside a query's shortlist are
 ``-inf``, which :func:`maskvlp.eval.metrics.recall_at_k` treats as "never retrieved".
 
-Tie-breaking: like ALBEF, the re-ranked score is the ITM score alone by default
-(``tiebreak=0``). With ``tiebreak=eps > 0`` the ITC similarity times ``eps`` is added, so candidates
-the fusion head cannot tell apart keep their ITC order instead of losing to the metric's
-pessimistic tie rule. Pick ``eps`` small against the ITM score's spread but above its float
-resolution (about 1e-4 for logits of order 1-10 in float32).
+ITC weight: the re-ranked score is ``score_pairs + itc_weight * sim``. ALBEF and BLIP (their
+``Retrieval.py``) add the ITC cosine similarity to the ITM match logit: ``itc_weight=1`` with ``sim``
+the cosine similarity. ``itc_weight=0`` ranks by the pair score alone; a small ``eps > 0`` only breaks
+its ties by ITC order (candidates the fusion head cannot tell apart then keep their ITC order
+instead of losing to the metric's pessimistic tie rule; pick ``eps`` above the score's float
+resolution, about 1e-4 for logits of order 1-10 in float32).
 
 Shortlist boundary: among candidates tied at the k-th place the lower index is kept, so the
 shortlist is deterministic and does not depend on the batch size or the device's topk.
@@ -95,11 +96,11 @@ def _scatter_rows(cand: Tensor, scores: Tensor, n_c: int) -> Tensor:
     return out.scatter_(1, cand, scores.view_as(cand))
 
 
-def _with_tiebreak(scores: Tensor, sim: Tensor, q_idx: Tensor, c_idx: Tensor, tiebreak: float) -> Tensor:
-    """Add ``tiebreak * sim[q, c]`` so equal ITM scores fall back to ITC order."""
-    if tiebreak == 0:
+def _with_itc(scores: Tensor, sim: Tensor, q_idx: Tensor, c_idx: Tensor, itc_weight: float) -> Tensor:
+    """Add ``itc_weight * sim[q, c]`` (ALBEF's fused score at 1; a tie-break when small)."""
+    if itc_weight == 0:
         return scores
-    return scores + tiebreak * sim[q_idx, c_idx].to(scores.device, torch.float32)
+    return scores + itc_weight * sim[q_idx, c_idx].to(scores.device, torch.float32)
 
 
 def rerank_topk(
@@ -108,19 +109,19 @@ def rerank_topk(
     score_pairs: ScorePairs,
     batch_size: int,
     progress: Progress | None = None,
-    tiebreak: float = 0.0,
+    itc_weight: float = 0.0,
 ) -> Tensor:
     """Re-score each row's top-k ITC candidates with ``score_pairs``; ``-inf`` elsewhere.
 
     Calls ``score_pairs(query_idx, cand_idx)`` with LongTensors (on ``sim``'s device) of at most
     ``batch_size`` pairs, ``rerank_cost(N_q, N_c, k)`` pairs in all, in row-major order.
-    Returns a float32 ``[N_q, N_c]`` matrix; see the module docstring for ``tiebreak``.
+    Returns a float32 ``[N_q, N_c]`` matrix; see the module docstring for ``itc_weight``.
     """
     cand = shortlist(sim, k)
     q_idx = torch.arange(cand.shape[0], device=sim.device).repeat_interleave(cand.shape[1])
     c_idx = cand.reshape(-1)
     scores = _score_in_chunks(q_idx, c_idx, score_pairs, batch_size, progress)
-    return _scatter_rows(cand, _with_tiebreak(scores, sim, q_idx, c_idx, tiebreak), sim.shape[1])
+    return _scatter_rows(cand, _with_itc(scores, sim, q_idx, c_idx, itc_weight), sim.shape[1])
 
 
 def _both_shortlists(sim_i2t: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -149,7 +150,7 @@ def rerank_both(
     score_pairs_it: ScorePairs,
     batch_size: int,
     progress: Progress | None = None,
-    tiebreak: float = 0.0,
+    itc_weight: float = 0.0,
 ) -> tuple[Tensor, Tensor]:
     """Re-rank image -> text and text -> image at once, scoring each distinct pair once.
 
@@ -165,7 +166,7 @@ def rerank_both(
     uniq, inverse = torch.unique(torch.cat([keys_t, keys_i]), return_inverse=True)
     img_idx, txt_idx = uniq // n_txt, uniq % n_txt
     scores = _score_in_chunks(img_idx, txt_idx, score_pairs_it, batch_size, progress)
-    scores = _with_tiebreak(scores, sim_i2t, img_idx, txt_idx, tiebreak)[inverse]
+    scores = _with_itc(scores, sim_i2t, img_idx, txt_idx, itc_weight)[inverse]
     i2t = _scatter_rows(cand_t, scores[: keys_t.numel()], n_txt)
     t2i = _scatter_rows(cand_i, scores[keys_t.numel() :], n_img).t().contiguous()
     return i2t, t2i

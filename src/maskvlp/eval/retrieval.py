@@ -1,7 +1,9 @@
 """Zero-shot retrieval and binding evaluation of a model on a :class:`RetrievalSet`.
 
 Each figure is given twice: by ITC ranking (the dual encoder alone) and by ITC shortlist + ITM
-re-rank of the top k (ALBEF's protocol, batched across queries, each distinct pair scored once).
+re-rank of the top k (ALBEF's protocol, batched across queries, each distinct pair scored once; the
+re-ranked score is ALBEF's, the ITM match logit plus the ITC cosine similarity, unless
+``eval.itm_score=itm`` asks for log p(match) alone).
 On the synthetic world the set also carries the truth of every caption for every image, which adds
 semantic R@1, the COCO-protocol ceiling, and the binding test; a model with an MLM head also gets
 the binding test scored by its MLM head (row ``mlm``, :mod:`maskvlp.eval.mlm_binding`).
@@ -67,17 +69,20 @@ def encode_texts(model: VLPModel, tokenizer, texts: list[str], max_len: int, bat
     return EncodedTexts(ids, mask, torch.cat(tokens), torch.cat(embeds))
 
 
-def itm_scorer(model: VLPModel, images: EncodedImages, texts: EncodedTexts,
-               batch_size: int = 128) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """score(image_idx, text_idx) = log p(match) from the fusion encoder's ITM head, for pairs in bulk.
+def itm_scorer(model: VLPModel, images: EncodedImages, texts: EncodedTexts, batch_size: int = 128,
+               score: str = "log_p") -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """score(image_idx, text_idx) from the fusion encoder's ITM head, for pairs in bulk: ``log_p`` = log
+    p(match), ``logit`` = the raw match logit (what ALBEF adds the ITC similarity to when re-ranking).
 
     Pairs are run in sub-batches of similar text length, each trimmed to its longest text, so little
     work is spent on padding (it cannot change a result: padded keys are masked out).
     """
+    if score not in ("log_p", "logit"):
+        raise ValueError(f"score must be log_p or logit, got {score!r}")
     lengths = texts.mask.sum(1)
 
     @torch.no_grad()
-    def score(image_idx: torch.Tensor, text_idx: torch.Tensor) -> torch.Tensor:
+    def score_pairs(image_idx: torch.Tensor, text_idx: torch.Tensor) -> torch.Tensor:
         order = torch.argsort(lengths[text_idx], stable=True)
         out = torch.empty(len(text_idx), device=texts.tokens.device)
         for start in range(0, len(order), batch_size):
@@ -85,10 +90,10 @@ def itm_scorer(model: VLPModel, images: EncodedImages, texts: EncodedTexts,
             t, i = text_idx[sel], image_idx[sel]
             length = int(lengths[t].max())
             logits = model.itm_logits(texts.tokens[t, :length], texts.mask[t, :length], images.tokens[i])
-            out[sel] = F.log_softmax(logits.float(), dim=-1)[:, 1]
+            out[sel] = F.log_softmax(logits.float(), dim=-1)[:, 1] if score == "log_p" else logits[:, 1].float()
         return out
 
-    return score
+    return score_pairs
 
 
 def evaluate_retrieval(model: VLPModel, tokenizer, rset, cfg: EvalConfig, max_len: int, label: str = "",
@@ -105,12 +110,13 @@ def evaluate_retrieval(model: VLPModel, tokenizer, rset, cfg: EvalConfig, max_le
     if probes is not None:
         rows["itc"].update(_binding(probes, lambda i, t: (images.embed[i] * probes.embed[t]).sum(-1)))
     if model.has_fusion and cfg.itm_k > 0:
-        score = itm_scorer(model, images, texts, cfg.batch_size)
+        albef = cfg.itm_score == "albef"  # ALBEF: match logit + ITC cosine similarity; else log p(match)
+        score = itm_scorer(model, images, texts, cfg.batch_size, "logit" if albef else "log_p")
         pairs = rerank_both_cost(sim, cfg.itm_k)
         name = f"itm k={cfg.itm_k}"
         with _progress(show_progress, f"{label} ITM re-rank (k={cfg.itm_k}, {rset.num_images} images, "
                                       f"{len(rset.texts)} captions)", pairs) as advance:
-            i2t, t2i = rerank_both(sim, cfg.itm_k, score, RERANK_CHUNK, progress=advance)
+            i2t, t2i = rerank_both(sim, cfg.itm_k, score, RERANK_CHUNK, progress=advance, itc_weight=float(albef))
         rows[name] = _metrics(i2t, t2i, txt2img, truth)
         if probes is not None:
             rows[name].update(_binding(probes, itm_scorer(model, images, probes, cfg.batch_size)))
