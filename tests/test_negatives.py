@@ -2,10 +2,12 @@
 ITM pairing each negative with its own image."""
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import tiny_config
 from maskvlp.config import ConfigError
@@ -144,3 +146,83 @@ def test_itm_with_no_caption_to_perturb_adds_no_pair(tmp_path):
 def test_unknown_text_negatives_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="text_negatives"):
         build_objective("itm", tiny_config(tmp_path).model, {"text_negatives": "shuffle"})
+
+
+# ------------------------------------------------------------------------------------------ ITC (NegCLIP)
+CAPTIONS = ["a red circle and a blue square", "two circles", "a star above a cross", "a green triangle"]
+
+
+def _caption_batch(cfg, captions=CAPTIONS) -> Batch:
+    tok = TOKENIZER.encode(captions, cfg.model.text.max_len)
+    size = cfg.model.vision.image_size
+    images = torch.randn(len(captions), 3, size, size, generator=torch.Generator().manual_seed(3))
+    return Batch(images, tok.input_ids, tok.attention_mask, torch.arange(len(captions)), len(captions))
+
+
+def _twins(cfg, batch: Batch, step: int) -> torch.Tensor:
+    ids, _, has = perturb_batch(batch.input_ids, batch.attention_mask, text_specials(TOKENIZER).lexicon,
+                                lambda r: step_generator(cfg.train.seed, step, 0, f"text-negatives/{r}"), TOKENIZER.pad_id)
+    return ids, has
+
+
+def _soft_ce(logits, targets):
+    return -(targets * torch.log_softmax(logits, 1)).sum(1).mean()
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("recipe", ["clip", "albef"])
+def test_itc_twins_are_extra_image_to_text_columns_against_a_reference(tmp_path, recipe):
+    """NegCLIP's loss written out densely, with only the captions that have a twin as extra columns; under
+    momentum distillation the teacher's soft targets cover the twins too."""
+    torch.manual_seed(0)
+    cfg = tiny_config(tmp_path, recipe, "objectives.itc.params.text_negatives=swap",
+                      *(["objectives.itm.weight=0", "objectives.mlm.weight=0"] if recipe == "albef" else []))
+    module = Pretrainer(cfg, text_specials(TOKENIZER))
+    batch, step = _caption_batch(cfg), 300  # past the distillation ramp: alpha at its full value
+    _, metrics = module(batch, step=step)
+    model, temp = module.model, float(module.model.temp)
+    twin_ids, has = _twins(cfg, batch, step)
+    assert has.tolist() == [True, False, True, False]
+    twin_mask = (twin_ids != TOKENIZER.pad_id).long()
+    img = model.encode_image(batch.images).embed
+    txt = model.encode_text(batch.input_ids, batch.attention_mask).embed
+    twin = model.encode_text(twin_ids, twin_mask).embed
+    truth = torch.eye(4)
+    i2t_logits = torch.cat([img @ txt.T, img @ twin.T], 1) / temp
+    i2t_truth = F.pad(truth, (0, 2))
+    if recipe == "albef":
+        alpha = module.objectives["itc"].alpha
+        t_img = model.encode_image(batch.images, teacher=True).embed
+        t_txt = model.encode_text(batch.input_ids, batch.attention_mask, teacher=True).embed
+        t_twin = model.encode_text(twin_ids, twin_mask, teacher=True).embed
+        t_i2t = torch.softmax(torch.cat([t_img @ t_txt.T, t_img @ t_twin.T], 1) / temp, 1)
+        i2t_targets = alpha * t_i2t + (1 - alpha) * i2t_truth
+        t2i_targets = alpha * torch.softmax(t_txt @ t_img.T / temp, 1) + (1 - alpha) * truth
+    else:
+        i2t_targets, t2i_targets = i2t_truth, truth
+    expected = (_soft_ce(i2t_logits, i2t_targets) + _soft_ce(txt @ img.T / temp, t2i_targets)) / 2
+    assert math.isclose(metrics["loss_itc"], float(expected), rel_tol=1e-5)
+    own = (img * txt).sum(1)[has] > (img[has] * twin).sum(1)
+    assert math.isclose(metrics["itc_swap_acc"], float(own.float().mean()), abs_tol=1e-6)
+
+
+def test_itc_twins_send_gradient_to_the_text_tower_only_through_the_twin_columns(tmp_path):
+    """With the image features fixed, a twin column is the only place a caption's perturbation enters the
+    loss: turning twins on changes the text tower's gradient, and a batch with no twin changes nothing."""
+    def grads(captions, *extra):
+        torch.manual_seed(0)
+        cfg = tiny_config(tmp_path, "clip", *extra)
+        module = Pretrainer(cfg, text_specials(TOKENIZER))
+        loss, _ = module(_caption_batch(cfg, captions), step=0)
+        loss.backward()
+        return torch.cat([p.grad.flatten() for p in module.model.text.parameters() if p.grad is not None])
+
+    on = "objectives.itc.params.text_negatives=swap"
+    assert not torch.allclose(grads(CAPTIONS), grads(CAPTIONS, on))
+    plain = ["two circles", "a green triangle", "a red object", "three stars"]
+    assert torch.equal(grads(plain), grads(plain, on))
+
+
+def test_unknown_itc_text_negatives_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="objectives.itc.params.text_negatives"):
+        build_objective("itc", tiny_config(tmp_path).model, {"text_negatives": "shuffle"})

@@ -126,6 +126,13 @@ class StepContext:
         return self.model.encode_text(ids, mask)
 
     @cached_property
+    def teacher_negative_text(self) -> Encoded:
+        """The EMA teacher's text pass over :attr:`negative_captions` (ask only when there is at least one)."""
+        ids, mask, _ = self.negative_captions
+        with torch.no_grad():
+            return self.model.encode_text(ids, mask, teacher=True)
+
+    @cached_property
     def global_image_keys(self) -> torch.Tensor:
         return all_gather_nograd(self.batch.image_keys)
 

@@ -8,6 +8,13 @@
 
 Positives are defined by image identity, not by the diagonal: another caption of the same image, in
 the batch or in the queue, is a positive, never a negative.
+
+``text_negatives: swap`` (NegCLIP's hard negative captions, Yuksekgonul et al. 2023; ALBEF and CLIP:
+none) adds each caption's rule-based twin (two attribute words exchanged, or a spatial word reversed;
+:mod:`maskvlp.negatives`) as extra text columns of the image -> text loss: every image must score its
+caption above every twin in the global batch, its own among them, which bag-of-words embeddings cannot.
+The twins are never queued; under momentum distillation the teacher scores them too (one more teacher
+text pass), so the soft targets cover the extra columns.
 """
 from __future__ import annotations
 
@@ -17,8 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from maskvlp.config import ConfigError, ModelConfig
-from maskvlp.engine.distributed import all_gather_nograd, all_gather_with_grad
+from maskvlp.engine.distributed import all_gather_nograd, all_gather_with_grad, local_slice
 from maskvlp.models.vlp import TEACHER
+from maskvlp.negatives import PERTURBATIONS
 from maskvlp.objectives.base import Objective, ObjectiveOutput, register, take
 
 
@@ -55,6 +63,9 @@ class FeatureQueue(torch.nn.Module):
         self.filled.fill_(min(self.size, int(self.filled) + n))
 
 
+NO_COLUMN = -1e4  # logit of a column that does not exist (a caption without a twin): finite, so 0 * log p stays 0
+
+
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean over rows of -sum(targets * log_softmax(logits)) over the LAST dim (ALBEF #58's fix)."""
     return -(targets * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
@@ -73,11 +84,18 @@ def positive_targets(row_keys: torch.Tensor, column_keys: torch.Tensor) -> torch
     return pos / pos.sum(1, keepdim=True).clamp(min=1)
 
 
+def rows_with_negatives(embed: torch.Tensor, has_negative: torch.Tensor) -> torch.Tensor:
+    """``embed`` (one row per True of ``has_negative``) spread to one row per batch item, zeros elsewhere,
+    so every rank gathers a block of the same size (ranks hold different numbers of negatives)."""
+    out = embed.new_zeros(has_negative.shape[0], embed.shape[1])
+    return out.index_put((has_negative.nonzero().squeeze(1),), embed)
+
+
 @register
 class ITC(Objective):
     name = "itc"
     DEFAULTS: dict[str, Any] = {"momentum_features": True, "queue": True, "alpha": 0.4, "alpha_ramp_steps": 200,
-                                "batch_features": "teacher"}
+                                "batch_features": "teacher", "text_negatives": "none"}
 
     def __init__(self, model_cfg: ModelConfig, **params: Any):
         super().__init__(model_cfg)
@@ -89,6 +107,10 @@ class ITC(Objective):
             raise ConfigError(f"objective 'itc' parameter batch_features must be teacher or student, got {p['batch_features']!r}")
         self.batch_features: str = p["batch_features"]
         self.queue = FeatureQueue(model_cfg.queue_size, model_cfg.embed_dim) if p["queue"] and p["momentum_features"] else None
+        if p["text_negatives"] not in ("none", *PERTURBATIONS):
+            raise ConfigError(f"objectives.itc.params.text_negatives must be one of none, {', '.join(PERTURBATIONS)}; "
+                              f"got {p['text_negatives']!r}")
+        self.text_negatives: bool = p["text_negatives"] != "none"
 
     def required_parts(self) -> set[str]:
         return {TEACHER} if self.momentum_features else set()
@@ -110,30 +132,82 @@ class ITC(Objective):
         all_keys = ctx.global_image_keys
         targets = positive_targets(keys, all_keys)
         sim_i2t = img @ all_txt.T / temp
-        loss = (soft_cross_entropy(sim_i2t, targets) + soft_cross_entropy(txt @ all_img.T / temp, targets)) / 2
-        return ObjectiveOutput(loss, {"temp": float(temp.detach()), "itc_acc": top1_hits(sim_i2t, targets)})
+        metrics = {"temp": float(temp.detach()), "itc_acc": top1_hits(sim_i2t, targets)}
+        twins = self._twins(ctx)
+        if twins is not None:  # NegCLIP: the twins are more text columns of image -> text, never positives
+            student, _, valid = twins
+            twin_sim = (img @ all_gather_with_grad(student).T / temp).masked_fill(~valid[None, :], NO_COLUMN)
+            metrics["itc_swap_acc"] = self._swap_accuracy(ctx, sim_i2t, twin_sim, valid)
+            sim_i2t = torch.cat([sim_i2t, twin_sim], 1)
+            targets = F.pad(targets, (0, twin_sim.shape[1]))
+        loss = (soft_cross_entropy(sim_i2t, targets) + soft_cross_entropy(txt @ all_img.T / temp, targets[:, :all_img.shape[0]])) / 2
+        return ObjectiveOutput(loss, metrics)
+
+    def _twins(self, ctx) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor] | None:
+        """(student twin embeddings, teacher ones or None, global validity), one slot per global batch row
+        (zeros where a caption has no twin); None when off or no caption of the global batch has one."""
+        if not self.text_negatives:
+            return None
+        _, _, has = ctx.negative_captions
+        valid = all_gather_nograd(has)
+        if not valid.any():
+            return None
+        dim = ctx.text.embed.shape[1]
+        student = rows_with_negatives(ctx.negative_text.embed if has.any() else ctx.text.embed.new_zeros(0, dim), has)
+        teacher = None
+        if self.momentum_features:
+            t = ctx.teacher_negative_text.embed if has.any() else student.new_zeros(0, dim)
+            teacher = all_gather_nograd(rows_with_negatives(t, has))
+        return student, teacher, valid
+
+    @staticmethod
+    def _swap_accuracy(ctx, sim_i2t: torch.Tensor, twin_sim: torch.Tensor, valid: torch.Tensor) -> float:
+        """How often an image scores its caption above that caption's own twin (over rows with a twin);
+        column g of the batch block and of the twin block both belong to global row g."""
+        with torch.no_grad():
+            rows = torch.arange(sim_i2t.shape[0], device=sim_i2t.device)
+            own = local_slice(ctx.batch.global_size).start + rows
+            has = valid[own]
+            if not has.any():
+                return float("nan")
+            return float((sim_i2t[rows, own] > twin_sim[rows, own])[has].float().mean())
 
     def _momentum_loss(self, ctx, img, txt, keys, temp) -> ObjectiveOutput:
         t_img, t_txt = ctx.teacher_image.embed, ctx.teacher_text.embed
+        twins = self._twins(ctx)
         with torch.no_grad():
             teacher_img, teacher_txt, batch_keys = all_gather_nograd(t_img), all_gather_nograd(t_txt), ctx.global_image_keys
             q_img, q_txt, q_keys = self.queue.contents() if self.queue is not None else (t_img[:0], t_txt[:0], keys[:0])
             bank_keys = torch.cat([batch_keys, q_keys])
-            truth = positive_targets(keys, bank_keys)
+            truth_t2i = positive_targets(keys, bank_keys)
+            # twin columns (after the batch and the queue) are never positives; NO_COLUMN where a caption has none
+            no_twin = None if twins is None else torch.where(twins[2], 0.0, NO_COLUMN).to(img.dtype)
+            text_bank = torch.cat([teacher_txt, q_txt] + ([twins[1]] if twins is not None else []))
+            truth = truth_t2i if twins is None else F.pad(truth_t2i, (0, len(no_twin)))
             alpha = self.current_alpha(ctx.step)
             if alpha > 0:
-                t_i2t = F.softmax((t_img @ torch.cat([teacher_txt, q_txt]).T / temp).float(), dim=-1)
+                t_logits = t_img @ text_bank.T / temp
+                if no_twin is not None:
+                    t_logits[:, -len(no_twin):] += no_twin
+                t_i2t = F.softmax(t_logits.float(), dim=-1)
                 t_t2i = F.softmax((t_txt @ torch.cat([teacher_img, q_img]).T / temp).float(), dim=-1)
-                tgt_i2t, tgt_t2i = alpha * t_i2t + (1 - alpha) * truth, alpha * t_t2i + (1 - alpha) * truth
+                tgt_i2t, tgt_t2i = alpha * t_i2t + (1 - alpha) * truth, alpha * t_t2i + (1 - alpha) * truth_t2i
             else:
-                tgt_i2t = tgt_t2i = truth
+                tgt_i2t, tgt_t2i = truth, truth_t2i
         if self.batch_features == "student":  # in-batch columns carry gradient to both towers (CLIP-like)
             batch_img, batch_txt = all_gather_with_grad(img), all_gather_with_grad(txt)
+            twin_cols = None if twins is None else all_gather_with_grad(twins[0])
         else:  # ALBEF: every column is a teacher feature
             batch_img, batch_txt = teacher_img, teacher_txt
+            twin_cols = None if twins is None else twins[1]
         sim_i2t = img @ torch.cat([batch_txt, q_txt]).T / temp
+        metrics = {"temp": float(temp.detach()), "alpha": alpha, "itc_acc": top1_hits(sim_i2t, truth_t2i)}
+        if twin_cols is not None:
+            twin_sim = img @ twin_cols.T / temp + no_twin
+            metrics["itc_swap_acc"] = self._swap_accuracy(ctx, sim_i2t, twin_sim, twins[2])
+            sim_i2t = torch.cat([sim_i2t, twin_sim], 1)
         sim_t2i = txt @ torch.cat([batch_img, q_img]).T / temp
         loss = (soft_cross_entropy(sim_i2t, tgt_i2t) + soft_cross_entropy(sim_t2i, tgt_t2i)) / 2
         if self.queue is not None and self.training:
             self.queue.push(teacher_img, teacher_txt, batch_keys)
-        return ObjectiveOutput(loss, {"temp": float(temp.detach()), "alpha": alpha, "itc_acc": top1_hits(sim_i2t, truth)})
+        return ObjectiveOutput(loss, metrics)
