@@ -19,7 +19,8 @@ from test_objectives import CAPTIONS, SPECIALS, TOKENIZER
 
 def _only_mamo(tmp_path, params: str = "{}", mode: str = "cross") -> str:
     path = tmp_path / "mamo_only.yaml"
-    path.write_text(f"model: {{fusion: {{mode: {mode}}}}}\nobjectives:\n  - name: mamo\n    weight: 1.0\n"
+    # patch stem: the objective is under test, on noise images (the regressions were calibrated with it)
+    path.write_text(f"model: {{vision: {{stem: patch}}, fusion: {{mode: {mode}}}}}\nobjectives:\n  - name: mamo\n    weight: 1.0\n"
                     f"    params: {params}\n")
     return str(path)
 

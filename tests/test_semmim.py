@@ -24,7 +24,8 @@ def _semmim_only(tmp_path, *extra: str, **params) -> tuple[Pretrainer, SemMIM]:
     merged = {**SMALL_HEAD, **params}
     body = ", ".join(f"{k}: {v}" for k, v in merged.items())
     recipe = tmp_path / "semmim_only.yaml"
-    recipe.write_text("model: {fusion: {mode: cross}}\n"
+    # patch stem: the objective is under test, on noise images (its thresholds were calibrated with it)
+    recipe.write_text("model: {vision: {stem: patch}, fusion: {mode: cross}}\n"
                       f"objectives:\n  - name: semmim\n    weight: 1.0\n    params: {{{body}}}\n")
     cfg = load_config(str(recipe), "tiny", [*TINY, f"output_dir={tmp_path / 'run'}", *extra])
     torch.manual_seed(0)

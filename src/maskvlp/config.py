@@ -33,7 +33,8 @@ class VisionConfig:
     layer_norm_eps: float = 1e-6
     max_frames: int = 1  # >1 adds a temporal embedding (video); a picture is a one-frame video
     # patch (ViT's linear patch projection) | conv (a small CNN inside each patch) | overlap (Xiao et al.'s
-    # strided 3x3 convolutions over the whole image; reads shapes across patch borders)
+    # strided 3x3 convolutions over the whole image; reads shapes across patch borders; the tiny size's stem:
+    # a ViT trained from nothing learns shapes with it, docs/design.md)
     stem: str = "patch"
 
 
@@ -85,8 +86,9 @@ TEXT_INITS = ("minilm", "scratch", "hf")
 
 def model_size(name: str) -> ModelConfig:
     """The registered model sizes; ``base`` is ALBEF's (ViT-B/16 + BERT-base, 6 text + 6 fusion layers)."""
-    if name == "tiny":  # CPU: a ViT 192 wide from scratch + all 6 MiniLM layers (4 text, 2 fusion)
-        return ModelConfig(size="tiny", vision=VisionConfig(width=192, heads=3), momentum=0.95, queue_size=1024)
+    if name == "tiny":  # CPU: a ViT 192 wide from scratch (early-convolution stem) + all 6 MiniLM layers (4 text, 2 fusion)
+        return ModelConfig(size="tiny", vision=VisionConfig(width=192, heads=3, stem="overlap"), momentum=0.95,
+                           queue_size=1024)
     if name == "base":
         return ModelConfig(
             size="base",

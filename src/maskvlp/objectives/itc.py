@@ -149,7 +149,7 @@ class ITC(Objective):
         if not self.text_negatives:
             return None
         _, _, has = ctx.negative_captions
-        valid = all_gather_nograd(has)
+        valid = all_gather_nograd(has.long()).bool()  # (gloo gathers no bool tensors)
         if not valid.any():
             return None
         dim = ctx.text.embed.shape[1]
