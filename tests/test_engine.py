@@ -90,6 +90,22 @@ def test_latest_ignores_incomplete_checkpoints(tmp_path):
         ckpt.resolve_checkpoint("latest", tmp_path / "nowhere")
 
 
+def test_a_failed_checkpoint_write_is_a_clear_error_and_loses_nothing(tmp_path, monkeypatch):
+    """A full disk (torch.save's "iostream error") mid-write: a CheckpointError saying so, no temp folder
+    left, and the previous checkpoint still the latest."""
+    model = torch.nn.Linear(2, 2)
+    first = ckpt.save_checkpoint(tmp_path, 5, model, {"x": 1}, "a: 1\n", {}, keep=2)
+
+    def disk_full(*args, **kwargs):
+        raise RuntimeError("basic_ios::clear: iostream error")
+
+    monkeypatch.setattr(ckpt.torch, "save", disk_full)
+    with pytest.raises(ckpt.CheckpointError, match="could not write checkpoint .*step-0000006.*iostream error.*GiB free"):
+        ckpt.save_checkpoint(tmp_path, 6, model, {"x": 1}, "a: 1\n", {}, keep=2)
+    assert sorted(p.name for p in (tmp_path / ckpt.CKPT_DIR).iterdir()) == ["latest", "step-0000005"]
+    assert ckpt.resolve_checkpoint("latest", tmp_path) == first
+
+
 def test_non_finite_losses_stop_the_run_without_a_checkpoint(tmp_path, monkeypatch):
     from maskvlp.engine.pretrainer import Pretrainer
 

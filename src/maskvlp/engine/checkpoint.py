@@ -45,14 +45,20 @@ def save_checkpoint(output_dir: Path, step: int, module: torch.nn.Module, state:
     final = root / f"step-{step:07d}"
     tmp = root / f"step-{step:07d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_model(module, str(tmp / "model.safetensors"))
-    torch.save(state, tmp / "state.pt")
-    (tmp / "config.yaml").write_text(config_yaml)
-    (tmp / "meta.json").write_text(json.dumps({"step": step, "time": time.time(), **meta}, indent=1))
-    for f in tmp.iterdir():  # make the contents durable before the rename publishes them
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+    try:
+        tmp.mkdir()
+        save_model(module, str(tmp / "model.safetensors"))
+        torch.save(state, tmp / "state.pt")
+        (tmp / "config.yaml").write_text(config_yaml)
+        (tmp / "meta.json").write_text(json.dumps({"step": step, "time": time.time(), **meta}, indent=1))
+        for f in tmp.iterdir():  # make the contents durable before the rename publishes them
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    except Exception as err:  # a full disk surfaces as OSError, or as torch's RuntimeError "iostream error"
+        shutil.rmtree(tmp, ignore_errors=True)
+        free = shutil.disk_usage(root).free / 2**30
+        raise CheckpointError(f"could not write checkpoint {final} ({type(err).__name__}: {err}); {free:.1f} GiB free "
+                              f"on that disk; the previous checkpoint is intact (--resume latest)") from err
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

@@ -18,7 +18,7 @@ text pass), so the soft targets cover the extra columns.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -84,6 +84,15 @@ def positive_targets(row_keys: torch.Tensor, column_keys: torch.Tensor) -> torch
     return pos / pos.sum(1, keepdim=True).clamp(min=1)
 
 
+class Twins(NamedTuple):
+    """The caption twins of the global batch as ITC columns: one slot per global row, in row order."""
+
+    student: torch.Tensor  # this rank's slots (zeros where a caption has no twin), to gather with grad
+    teacher: torch.Tensor | None  # every rank's slots, teacher features (momentum distillation only)
+    valid: torch.Tensor  # bool per global slot
+    offset: torch.Tensor  # 0 where valid, NO_COLUMN where not: added to a twin column's logits
+
+
 def rows_with_negatives(embed: torch.Tensor, has_negative: torch.Tensor) -> torch.Tensor:
     """``embed`` (one row per True of ``has_negative``) spread to one row per batch item, zeros elsewhere,
     so every rank gathers a block of the same size (ranks hold different numbers of negatives)."""
@@ -135,17 +144,15 @@ class ITC(Objective):
         metrics = {"temp": float(temp.detach()), "itc_acc": top1_hits(sim_i2t, targets)}
         twins = self._twins(ctx)
         if twins is not None:  # NegCLIP: the twins are more text columns of image -> text, never positives
-            student, _, valid = twins
-            twin_sim = (img @ all_gather_with_grad(student).T / temp).masked_fill(~valid[None, :], NO_COLUMN)
-            metrics["itc_swap_acc"] = self._swap_accuracy(ctx, sim_i2t, twin_sim, valid)
+            twin_sim = img @ all_gather_with_grad(twins.student).T / temp + twins.offset
+            metrics["itc_swap_acc"] = self._swap_accuracy(ctx, sim_i2t, twin_sim, twins.valid)
             sim_i2t = torch.cat([sim_i2t, twin_sim], 1)
             targets = F.pad(targets, (0, twin_sim.shape[1]))
         loss = (soft_cross_entropy(sim_i2t, targets) + soft_cross_entropy(txt @ all_img.T / temp, targets[:, :all_img.shape[0]])) / 2
         return ObjectiveOutput(loss, metrics)
 
-    def _twins(self, ctx) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor] | None:
-        """(student twin embeddings, teacher ones or None, global validity), one slot per global batch row
-        (zeros where a caption has no twin); None when off or no caption of the global batch has one."""
+    def _twins(self, ctx) -> Twins | None:
+        """The batch's caption twins as columns; None when off or no caption of the global batch has one."""
         if not self.text_negatives:
             return None
         _, _, has = ctx.negative_captions
@@ -158,7 +165,7 @@ class ITC(Objective):
         if self.momentum_features:
             t = ctx.teacher_negative_text.embed if has.any() else student.new_zeros(0, dim)
             teacher = all_gather_nograd(rows_with_negatives(t, has))
-        return student, teacher, valid
+        return Twins(student, teacher, valid, torch.where(valid, 0.0, NO_COLUMN).to(student.dtype))
 
     @staticmethod
     def _swap_accuracy(ctx, sim_i2t: torch.Tensor, twin_sim: torch.Tensor, valid: torch.Tensor) -> float:
@@ -180,15 +187,13 @@ class ITC(Objective):
             q_img, q_txt, q_keys = self.queue.contents() if self.queue is not None else (t_img[:0], t_txt[:0], keys[:0])
             bank_keys = torch.cat([batch_keys, q_keys])
             truth_t2i = positive_targets(keys, bank_keys)
-            # twin columns (after the batch and the queue) are never positives; NO_COLUMN where a caption has none
-            no_twin = None if twins is None else torch.where(twins[2], 0.0, NO_COLUMN).to(img.dtype)
-            text_bank = torch.cat([teacher_txt, q_txt] + ([twins[1]] if twins is not None else []))
-            truth = truth_t2i if twins is None else F.pad(truth_t2i, (0, len(no_twin)))
+            # twin columns come after the batch and the queue, and are never positives
+            truth = truth_t2i if twins is None else F.pad(truth_t2i, (0, len(twins.valid)))
             alpha = self.current_alpha(ctx.step)
             if alpha > 0:
-                t_logits = t_img @ text_bank.T / temp
-                if no_twin is not None:
-                    t_logits[:, -len(no_twin):] += no_twin
+                t_logits = t_img @ torch.cat([teacher_txt, q_txt]).T / temp
+                if twins is not None:
+                    t_logits = torch.cat([t_logits, t_img @ twins.teacher.T / temp + twins.offset], 1)
                 t_i2t = F.softmax(t_logits.float(), dim=-1)
                 t_t2i = F.softmax((t_txt @ torch.cat([teacher_img, q_img]).T / temp).float(), dim=-1)
                 tgt_i2t, tgt_t2i = alpha * t_i2t + (1 - alpha) * truth, alpha * t_t2i + (1 - alpha) * truth_t2i
@@ -196,15 +201,15 @@ class ITC(Objective):
                 tgt_i2t, tgt_t2i = truth, truth_t2i
         if self.batch_features == "student":  # in-batch columns carry gradient to both towers (CLIP-like)
             batch_img, batch_txt = all_gather_with_grad(img), all_gather_with_grad(txt)
-            twin_cols = None if twins is None else all_gather_with_grad(twins[0])
+            twin_cols = None if twins is None else all_gather_with_grad(twins.student)
         else:  # ALBEF: every column is a teacher feature
             batch_img, batch_txt = teacher_img, teacher_txt
-            twin_cols = None if twins is None else twins[1]
+            twin_cols = None if twins is None else twins.teacher
         sim_i2t = img @ torch.cat([batch_txt, q_txt]).T / temp
         metrics = {"temp": float(temp.detach()), "alpha": alpha, "itc_acc": top1_hits(sim_i2t, truth_t2i)}
         if twin_cols is not None:
-            twin_sim = img @ twin_cols.T / temp + no_twin
-            metrics["itc_swap_acc"] = self._swap_accuracy(ctx, sim_i2t, twin_sim, twins[2])
+            twin_sim = img @ twin_cols.T / temp + twins.offset
+            metrics["itc_swap_acc"] = self._swap_accuracy(ctx, sim_i2t, twin_sim, twins.valid)
             sim_i2t = torch.cat([sim_i2t, twin_sim], 1)
         sim_t2i = txt @ torch.cat([batch_img, q_img]).T / temp
         loss = (soft_cross_entropy(sim_i2t, tgt_i2t) + soft_cross_entropy(sim_t2i, tgt_t2i)) / 2
