@@ -142,13 +142,14 @@ class ITC(Objective):
         targets = positive_targets(keys, all_keys)
         sim_i2t = img @ all_txt.T / temp
         metrics = {"temp": float(temp.detach()), "itc_acc": top1_hits(sim_i2t, targets)}
+        i2t_targets = targets
         twins = self._twins(ctx)
         if twins is not None:  # NegCLIP: the twins are more text columns of image -> text, never positives
             twin_sim = img @ all_gather_with_grad(twins.student).T / temp + twins.offset
             metrics["itc_swap_acc"] = self._swap_accuracy(ctx, sim_i2t, twin_sim, twins.valid)
             sim_i2t = torch.cat([sim_i2t, twin_sim], 1)
-            targets = F.pad(targets, (0, twin_sim.shape[1]))
-        loss = (soft_cross_entropy(sim_i2t, targets) + soft_cross_entropy(txt @ all_img.T / temp, targets[:, :all_img.shape[0]])) / 2
+            i2t_targets = F.pad(targets, (0, twin_sim.shape[1]))
+        loss = (soft_cross_entropy(sim_i2t, i2t_targets) + soft_cross_entropy(txt @ all_img.T / temp, targets)) / 2
         return ObjectiveOutput(loss, metrics)
 
     def _twins(self, ctx) -> Twins | None:
