@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from maskvlp.config import ConfigError, ModelConfig
 from maskvlp.engine.distributed import all_gather_nograd, all_gather_with_grad, local_slice
 from maskvlp.models.vlp import TEACHER
-from maskvlp.negatives import PERTURBATIONS
+from maskvlp.negatives import text_negatives_enabled
 from maskvlp.objectives.base import Objective, ObjectiveOutput, register, take
 
 
@@ -116,10 +116,7 @@ class ITC(Objective):
             raise ConfigError(f"objective 'itc' parameter batch_features must be teacher or student, got {p['batch_features']!r}")
         self.batch_features: str = p["batch_features"]
         self.queue = FeatureQueue(model_cfg.queue_size, model_cfg.embed_dim) if p["queue"] and p["momentum_features"] else None
-        if p["text_negatives"] not in ("none", *PERTURBATIONS):
-            raise ConfigError(f"objectives.itc.params.text_negatives must be one of none, {', '.join(PERTURBATIONS)}; "
-                              f"got {p['text_negatives']!r}")
-        self.text_negatives: bool = p["text_negatives"] != "none"
+        self.text_negatives: bool = text_negatives_enabled(p["text_negatives"], self.name)
 
     def required_parts(self) -> set[str]:
         return {TEACHER} if self.momentum_features else set()
@@ -163,7 +160,7 @@ class ITC(Objective):
         dim = ctx.text.embed.shape[1]
         student = rows_with_negatives(ctx.negative_text.embed if has.any() else ctx.text.embed.new_zeros(0, dim), has)
         teacher = None
-        if self.momentum_features:
+        if self.momentum_features and (self.alpha > 0 or self.batch_features == "teacher"):  # else never read
             t = ctx.teacher_negative_text.embed if has.any() else student.new_zeros(0, dim)
             teacher = all_gather_nograd(rows_with_negatives(t, has))
         return Twins(student, teacher, valid, torch.where(valid, 0.0, NO_COLUMN).to(student.dtype))

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from maskvlp.config import ConfigError, ModelConfig
 from maskvlp.engine.distributed import all_gather_nograd, all_gather_with_grad, local_slice, mean_over_ranks_denominator
 from maskvlp.models.vlp import FUSION, ITM as ITM_HEAD
-from maskvlp.negatives import PERTURBATIONS
+from maskvlp.negatives import text_negatives_enabled
 from maskvlp.objectives.base import Objective, ObjectiveOutput, register, take
 
 
@@ -82,10 +82,7 @@ class ITM(Objective):
             raise ConfigError("objectives.itm.params.random_steps and random_ramp_steps must be >= 0")
         self.random_steps: int = p["random_steps"]
         self.random_ramp_steps: int = p["random_ramp_steps"]
-        if p["text_negatives"] not in ("none", *PERTURBATIONS):
-            raise ConfigError(f"objectives.itm.params.text_negatives must be one of none, {', '.join(PERTURBATIONS)}; "
-                              f"got {p['text_negatives']!r}")
-        self.text_negatives: bool = p["text_negatives"] != "none"
+        self.text_negatives: bool = text_negatives_enabled(p["text_negatives"], self.name)
 
     def random_share(self, step: int) -> float:
         """The share of uniformly drawn negatives at ``step``: 1 for ``random_steps`` steps, then a linear
