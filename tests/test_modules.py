@@ -62,6 +62,23 @@ def test_return_attention_matches_sdpa_and_is_normalised() -> None:
     torch.testing.assert_close(slow, fast, atol=ATOL, rtol=0)
 
 
+def test_bf16_autocast_attention_keeps_bf16_outputs_and_fp32_accuracy() -> None:
+    """Under CPU bf16 autocast the attention itself runs in fp32 (CPU flash attention is slow in bf16):
+    the output dtype is what autocast gives, gradients flow, and the result is as close to fp32 as the
+    bf16 projections allow."""
+    torch.manual_seed(0)
+    attn = Attention(32, 4).eval()
+    x = torch.randn(2, 6, 32, requires_grad=True)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1] * 6], dtype=torch.bool)
+    reference = attn(x, mask=mask)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attn(x, mask=mask)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), reference, atol=5e-2, rtol=5e-2)
+    out.float().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
 def test_block_returns_self_or_cross_weights() -> None:
     for pre_norm in (True, False):
         blk = Block(32, 4, 64, cross_kv_dim=16, pre_norm=pre_norm).eval()
