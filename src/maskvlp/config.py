@@ -35,11 +35,17 @@ class VisionConfig:
     # patch (ViT's linear patch projection) | conv (a small CNN inside each patch) | overlap (Xiao et al.'s
     # strided 3x3 convolutions over the whole image; reads shapes across patch borders; the tiny size's stem:
     # a ViT trained from nothing learns shapes with it, docs/design.md)
+    # | efficientnet_lite0 (a hybrid ViT: EfficientNet-Lite0's first stages up to the patch stride, ImageNet
+    # weights from an offline package; models/efficientnet.py)
     stem: str = "patch"
+    stem_init: str = "pretrained"  # efficientnet_lite0 stem: pretrained (ImageNet, offline) | scratch
+    stem_trainable: bool = False  # efficientnet_lite0 stem: False keeps the pretrained convolutions frozen
 
 
-STEMS = ("patch", "conv", "overlap")
-OVERLAPPING_STEMS = ("overlap",)  # a token reads its neighbours' pixels: hidden patches are zeroed first
+STEMS = ("patch", "conv", "overlap", "efficientnet_lite0")
+STEM_INITS = ("pretrained", "scratch")
+# a token reads its neighbours' pixels: hidden patches are zeroed first
+OVERLAPPING_STEMS = ("overlap", "efficientnet_lite0")
 
 
 @dataclass
@@ -340,6 +346,10 @@ def validate(cfg: RunConfig) -> None:
     _choice("train.precision", cfg.train.precision, PRECISIONS)
     _choice("model.text.pool", cfg.model.text.pool, ("cls", "mean"))
     _choice("model.vision.stem", cfg.model.vision.stem, STEMS)
+    _choice("model.vision.stem_init", cfg.model.vision.stem_init, STEM_INITS)
+    if cfg.model.vision.stem == "efficientnet_lite0" and cfg.model.vision.patch_size not in (2, 4, 8, 16, 32):
+        raise ConfigError(f"model.vision.stem=efficientnet_lite0 needs model.vision.patch_size 2, 4, 8, 16 or 32, "
+                          f"got {cfg.model.vision.patch_size}")
     _choice("data.batching", cfg.data.batching, BATCHINGS)
     _choice("eval.itm_score", cfg.eval.itm_score, ITM_SCORES)
     if cfg.data.lexical_pool < 1:

@@ -164,8 +164,9 @@ def _targets(text: TextEncoder, fusion: FusionEncoder | None, mlm_head: MLMHead 
     return targets
 
 
-def _describe(missing: list[str], unexpected: list[str], shapes: list[str]) -> str:
-    lines = ["the BERT checkpoint does not fit the model:"]
+def describe_mismatch(missing: list[str], unexpected: list[str], shapes: list[str], what: str = "BERT") -> str:
+    """One message naming every missing, unexpected and mis-shaped key of a checkpoint."""
+    lines = [f"the {what} checkpoint does not fit the model:"]
     if missing:
         lines.append(f"  missing keys (needed by the model, absent from the checkpoint) [{len(missing)}]:")
         lines += [f"    {k}" for k in missing]
@@ -244,7 +245,7 @@ def load_bert_into(
             else:
                 missing.append(_MLM_DECODER)
     if missing or unexpected or shapes:
-        message = _describe(missing, unexpected, shapes)
+        message = describe_mismatch(missing, unexpected, shapes)
         have = {int(m.group(1)) for k in state if (m := _LAYER.match(k))}
         if len(have) < needed_layers:
             fusion_depth = needed_layers - len(text.blocks)

