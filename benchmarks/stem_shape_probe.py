@@ -1,6 +1,6 @@
 """Can the tiny ViT learn shapes from scratch, per patch stem? Supervised shape classification.
 
-    .venv/bin/python benchmarks/stem_shape_probe.py --stems patch,conv,overlap --steps 400
+    .venv/bin/python benchmarks/stem_shape_probe.py --stems patch,conv,overlap,efficientnet_lite0 --steps 400
 
 One-object scenes of the synthetic world (so the label is unambiguous), the ``tiny`` ViT trained
 from nothing with AdamW at the recipes' lr for new weights (3e-4), its [CLS] read by a linear head;
@@ -21,6 +21,7 @@ from maskvlp.config import STEMS, VisionConfig, WorldConfig
 from maskvlp.data.synthetic import SHAPES, SyntheticWorld
 from maskvlp.data.transforms import to_tensor
 from maskvlp.models.vision import VisionTransformer
+from maskvlp.models.vlp import init_vision_stem
 
 
 def one_object_scenes(split: str, count: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,8 +36,11 @@ def probe(stem: str, train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch
           steps: int, every: int, batch: int, lr: float) -> list[tuple[int, float]]:
     torch.manual_seed(0)
     vit = VisionTransformer(VisionConfig(width=192, heads=3, stem=stem))
+    if stem == "efficientnet_lite0":  # its ImageNet weights, frozen, as the tiny size uses it
+        init_vision_stem(vit)
     head = torch.nn.Linear(192, len(SHAPES))
-    opt = torch.optim.AdamW([*vit.parameters(), *head.parameters()], lr=lr, weight_decay=0.02)
+    trainable = [p for p in (*vit.parameters(), *head.parameters()) if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.02)
     order = torch.Generator().manual_seed(1)
     images, labels = train
     curve = []

@@ -226,3 +226,33 @@ def test_itc_twins_send_gradient_to_the_text_tower_only_through_the_twin_columns
 def test_unknown_itc_text_negatives_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="objectives.itc.params.text_negatives"):
         build_objective("itc", tiny_config(tmp_path).model, {"text_negatives": "shuffle"})
+
+
+def test_balanced_itm_weighs_positives_and_negatives_equally(tmp_path):
+    """balance=true: the loss is half the mean cross-entropy of the positives plus half that of the negatives
+    (swapped captions included), whatever the class counts; false keeps ALBEF's mean over all pairs."""
+    captions = ["a red circle and a blue square", "two circles", "a star above a cross", "a green triangle"]
+    losses = {}
+    for balance in (True, False):
+        torch.manual_seed(0)
+        cfg = tiny_config(tmp_path, "albef", "objectives.itm.params.text_negatives=swap",
+                          f"objectives.itm.params.balance={str(balance).lower()}")
+        module = Pretrainer(cfg, text_specials(TOKENIZER))
+        tok = TOKENIZER.encode(captions, cfg.model.text.max_len)
+        size = cfg.model.vision.image_size
+        batch = Batch(torch.randn(4, 3, size, size), tok.input_ids, tok.attention_mask, torch.arange(4), 4)
+        seen = []
+        itm_logits = module.model.itm_logits
+        module.model.itm_logits = lambda text, mask, image: seen.append(itm_logits(text, mask, image)) or seen[-1]
+        _, metrics = module(batch, step=0)
+        logits = seen[-1].detach().float()
+        labels = torch.zeros(len(logits), dtype=torch.long)
+        labels[:4] = 1
+        ce = F.cross_entropy(logits, labels, reduction="none")
+        assert len(logits) == 3 * 4 + 2  # 4 positives, 10 negatives: unbalanced classes
+        expected = 0.5 * (ce[:4].mean() + ce[4:].mean()) if balance else ce.mean()
+        assert math.isclose(metrics["loss_itm"], float(expected), rel_tol=1e-5)
+        losses[balance] = metrics["loss_itm"]
+    assert not math.isclose(losses[True], losses[False], rel_tol=1e-3)
+    with pytest.raises(ConfigError, match="balance"):
+        build_objective("itm", tiny_config(tmp_path).model, {"balance": "yes"})

@@ -239,11 +239,14 @@ def test_gradients_reach_every_student_parameter_and_never_the_teacher(tmp_path,
     loss.backward()
     teacher_ids = {id(p) for p in module.model.teacher.parameters()} if module.model.teacher else set()
     unused = {"model.vision.mask_token"}  # no objective of these recipes masks patches: kept frozen
+    assert cfg.model.vision.stem == "efficientnet_lite0" and not cfg.model.vision.stem_trainable  # the tiny default
+    frozen_stem = "model.vision.patch_embed.trunk."  # its pretrained convolutions stay as loaded
+    assert any(name.startswith(frozen_stem) for name, _ in module.named_parameters())
     for name, p in module.named_parameters():
         if id(p) in teacher_ids:
             assert not p.requires_grad and p.grad is None, f"teacher parameter {name} is trainable"
             continue
-        if name in unused:
+        if name in unused or name.startswith(frozen_stem):
             assert not p.requires_grad and p.grad is None, name
             continue
         assert p.requires_grad, name

