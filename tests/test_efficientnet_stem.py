@@ -150,6 +150,6 @@ def test_config_errors() -> None:
     with pytest.raises(ConfigError, match="model.vision.stem_init.*pretrained, scratch"):
         load_config("clip", "tiny", ["model.vision.stem=efficientnet_lite0", "model.vision.stem_init=imagenet"])
     with pytest.raises(ConfigError, match="patch_size 2, 4, 8, 16 or 32"):
-        load_config("clip", "tiny", ["model.vision.stem=efficientnet_lite0", "model.vision.patch_size=32",
-                                     "model.vision.image_size=96", "model.vision.patch_size=12"])
+        load_config("clip", "tiny", ["model.vision.stem=efficientnet_lite0", "model.vision.image_size=96",
+                                     "model.vision.patch_size=12"])
     assert [b[1] for b in lite0_blocks_for_stride(2)] == [16]

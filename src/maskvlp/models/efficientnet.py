@@ -117,7 +117,7 @@ class EfficientNetLiteTrunk(nn.Module):
         super().__init__()
         self.stem = ConvBN(3, LITE0_STEM_CHANNELS, 3, 2)
         self.blocks = nn.ModuleList(MBConv(*spec) for spec in lite0_blocks_for_stride(stride))
-        self.out_channels = self.blocks[-1].project.conv.out_channels if len(self.blocks) else LITE0_STEM_CHANNELS
+        self.out_channels = self.blocks[-1].project.conv.out_channels  # stage 1 (stride 1) is always there
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.stem(x)
@@ -187,7 +187,7 @@ def _our_name(key: str) -> str | None:
     if module in _STEM:
         return f"{_STEM[module]}.{leaf}"
     parts = module.split(".")
-    if len(parts) == 3 and parts[0] == "_blocks" and parts[2] in _PART:
+    if len(parts) == 3 and parts[0] == "_blocks" and parts[1].isdigit() and parts[2] in _PART:
         return f"blocks.{parts[1]}.{_PART[parts[2]]}.{leaf}"
     return key  # unknown: reported as unexpected
 
@@ -202,8 +202,8 @@ def load_efficientnet_lite_into(trunk: EfficientNetLiteTrunk, state: dict[str, T
     from maskvlp.models.pretrained import CheckpointMismatch, describe_mismatch
 
     ours = {**dict(trunk.named_parameters()), **dict(trunk.named_buffers())}
-    wanted = {_our_name(k): k for k in state}
-    unexpected = [k for name, k in wanted.items() if name is not None and name not in ours
+    wanted = {name: k for k in state if (name := _our_name(k)) is not None}
+    unexpected = [k for name, k in wanted.items() if name not in ours
                   and not (name.startswith("blocks.") and int(name.split(".")[1]) >= len(trunk.blocks))]
     missing = [name for name in ours if name not in wanted]
     shapes = [f"{wanted[n]}: checkpoint {tuple(state[wanted[n]].shape)} vs model {n} {tuple(t.shape)}"

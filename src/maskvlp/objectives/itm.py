@@ -67,7 +67,7 @@ class ITM(Objective):
     needs = frozenset({FUSION, ITM_HEAD})
     # balance [ours; ALBEF: false]: positives and negatives each weigh half the loss. Every image brings one
     # positive and two or three negatives, so the head first learns to say "no match" (accuracy on positives
-    # 0.06-0.25 over a 300 s albef run); balanced it answers positives from the start (docs/baselines.md).
+    # 0.00-0.25 over the first 300 albef steps); balanced it answers positives from the start (docs/baselines.md).
     # random_steps / random_ramp_steps [ours]: a curriculum, random negatives first (a matching head leaves its
     # class prior on them after ~200 steps from scratch towers, never within 800 on ITC-hard ones), then the
     # random share falls linearly to random_mix (docs/baselines.md). 0 / 0 = ALBEF's hard negatives throughout.
