@@ -256,3 +256,52 @@ def test_balanced_itm_weighs_positives_and_negatives_equally(tmp_path):
     assert not math.isclose(losses[True], losses[False], rel_tol=1e-3)
     with pytest.raises(ConfigError, match="balance"):
         build_objective("itm", tiny_config(tmp_path).model, {"balance": "yes"})
+
+
+def _rank_term(scores: list[torch.Tensor]) -> torch.Tensor:
+    """-log softmax of the first score among an anchor's candidates (the positive comes first)."""
+    return -F.log_softmax(torch.stack(scores), 0)[0]
+
+
+def test_itm_ranking_term_equals_a_per_anchor_loop(tmp_path):
+    """rank=r: loss_itm is ALBEF's mean cross-entropy plus r times the mean over anchors of a softmax ranking on
+    the match log-odds: each text [own image, its negative image], each image [own caption, its negative
+    caption, its caption's twin when it has one]. The twin metric is the share of twins scored below."""
+    captions = ["a red circle and a blue square", "two circles", "a star above a cross", "a green triangle"]
+    twin_of = {0: 12, 2: 13}  # rows with a twin (rule-based), in row order after 4 positives + 4 + 4 negatives
+    torch.manual_seed(0)
+    cfg = tiny_config(tmp_path, "albef", "objectives.itm.params.text_negatives=swap", "objectives.itm.params.rank=0.5")
+    module = Pretrainer(cfg, text_specials(TOKENIZER))
+    tok = TOKENIZER.encode(captions, cfg.model.text.max_len)
+    size = cfg.model.vision.image_size
+    batch = Batch(torch.randn(4, 3, size, size), tok.input_ids, tok.attention_mask, torch.arange(4), 4)
+    seen = []
+    itm_logits = module.model.itm_logits
+    module.model.itm_logits = lambda text, mask, image: seen.append(itm_logits(text, mask, image)) or seen[-1]
+    _, metrics = module(batch, step=0)
+    logits = seen[-1].detach().float()
+    assert len(logits) == 3 * 4 + 2
+    labels = torch.zeros(len(logits), dtype=torch.long)
+    labels[:4] = 1
+    s = logits[:, 1] - logits[:, 0]
+    terms = [_rank_term([s[r], s[4 + r]]) for r in range(4)]
+    terms += [_rank_term([s[r], s[8 + r]] + ([s[twin_of[r]]] if r in twin_of else [])) for r in range(4)]
+    expected = F.cross_entropy(logits, labels) + 0.5 * torch.stack(terms).mean()
+    assert math.isclose(metrics["loss_itm"], float(expected), rel_tol=1e-5)
+    below = [bool(s[r] > s[t]) for r, t in twin_of.items()]
+    assert math.isclose(metrics["itm_swap_rank_acc"], sum(below) / 2)
+    for bad in (-1.0, "yes", True):
+        with pytest.raises(ConfigError, match="rank"):
+            build_objective("itm", tiny_config(tmp_path).model, {"rank": bad})
+
+
+def test_itm_ranking_skips_anchors_without_negatives():
+    """An anchor whose every candidate is missing adds nothing (no log 1 = 0 terms diluting the mean)."""
+    from maskvlp.objectives.itm import ranking_loss
+
+    logits = torch.tensor([[0.0, 1.0], [0.0, 2.0], [0.0, 3.0], [0.5, 0.0]])  # 2 positives, then 1 + 1 negatives
+    ok_t, ok_i = torch.tensor([True, False]), torch.tensor([False, True])
+    loss, metrics = ranking_loss(logits, 2, ok_t, ok_i, None)
+    s = logits[:, 1] - logits[:, 0]
+    expected = (_rank_term([s[0], s[2]]) + _rank_term([s[1], s[3]])) / 2
+    assert math.isclose(float(loss), float(expected), rel_tol=1e-6) and metrics == {}

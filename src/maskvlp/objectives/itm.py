@@ -18,6 +18,13 @@ the batch is split over processes.
 two attribute words of one kind or a spatial word, that caption with the words exchanged (or the spatial
 word reversed) as one more negative pair (:mod:`maskvlp.negatives`): the only negatives that ask the
 fusion *which* object has an attribute, which random and ITC-hard ones almost never do.
+
+``rank`` (ours; ALBEF: 0) adds that weight of a ranking loss on the head's match log-odds: every image
+must score its caption above the negative text drawn for it and above its caption's twin, every text its
+image above the negative image drawn for it (a softmax over each anchor's candidates, as VSE++ ranks an
+anchor's pair above its hard negatives). Classification alone leaves a head that answers "no match" to
+every pair (three negatives per positive) with almost no gradient from a twin it already rejects; the
+ranking term is blind to that prior and asks exactly what re-ranking and the binding test ask.
 """
 from __future__ import annotations
 
@@ -61,6 +68,42 @@ def cat_padded(tokens: list[torch.Tensor], masks: list[torch.Tensor]) -> tuple[t
     return torch.cat(tokens), torch.cat(masks)
 
 
+NO_CANDIDATE = -1e4  # log-odds of a candidate an anchor does not have: finite, so its softmax share is 0
+
+
+def ranking_loss(logits: torch.Tensor, n_pos: int, ok_t: torch.Tensor, ok_i: torch.Tensor,
+                 ok_n: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Softmax ranking of each anchor's positive above its negatives, on the match log-odds.
+
+    ``logits`` rows are laid out as :meth:`ITM.forward` builds them: the ``n_pos`` positives, then one
+    negative image per text with ``ok_t``, one negative text per image with ``ok_i``, and (``ok_n`` given)
+    one caption twin per image with ``ok_n``. Image anchors rank [own caption, negative text, twin], text
+    anchors [own image, negative image]; anchors without any negative add nothing. Returns the loss
+    (mean over the global batch's anchors) and the share of twins scored below their caption.
+    """
+    score = (logits[:, 1] - logits[:, 0]).float()
+    pos = score[:n_pos]
+    blocks = [ok_t, ok_i] + ([] if ok_n is None else [ok_n])
+    starts = torch.tensor([n_pos] + [int(b.sum()) for b in blocks]).cumsum(0).tolist()
+
+    def spread(block: int) -> torch.Tensor:  # block's scores, one slot per anchor, NO_CANDIDATE where none
+        out = torch.full_like(pos, NO_CANDIDATE)
+        return out.masked_scatter(blocks[block], score[starts[block]:starts[block + 1]])
+
+    text_anchor = torch.stack([pos, spread(0)], 1)
+    image_cols = [pos, spread(1)] + ([] if ok_n is None else [spread(2)])
+    image_anchor = torch.stack(image_cols, 1)
+    has_t, has_i = ok_t, ok_i if ok_n is None else ok_i | ok_n
+    zero = torch.zeros(n_pos, dtype=torch.long, device=logits.device)
+    per_text = F.cross_entropy(text_anchor, zero, reduction="none")[has_t]
+    per_image = F.cross_entropy(image_anchor, zero, reduction="none")[has_i]
+    loss = (per_text.sum() + per_image.sum()) / mean_over_ranks_denominator(int(has_t.sum() + has_i.sum()))
+    metrics = {}
+    if ok_n is not None and ok_n.any():  # the binding test's question, on training pairs
+        metrics["itm_swap_rank_acc"] = float((pos[ok_n] > image_anchor[ok_n, -1]).float().mean())
+    return loss, metrics
+
+
 @register
 class ITM(Objective):
     name = "itm"
@@ -72,7 +115,7 @@ class ITM(Objective):
     # class prior on them after ~200 steps from scratch towers, never within 800 on ITC-hard ones), then the
     # random share falls linearly to random_mix (docs/baselines.md). 0 / 0 = ALBEF's hard negatives throughout.
     DEFAULTS: dict[str, Any] = {"hard_negatives": True, "random_mix": 0.0, "random_steps": 0, "random_ramp_steps": 0,
-                                "text_negatives": "none", "balance": False}
+                                "text_negatives": "none", "balance": False, "rank": 0.0}
 
     def __init__(self, model_cfg: ModelConfig, **params: Any):
         super().__init__(model_cfg)
@@ -89,6 +132,9 @@ class ITM(Objective):
         if not isinstance(p["balance"], bool):
             raise ConfigError(f"objectives.itm.params.balance must be true or false, got {p['balance']!r}")
         self.balance: bool = p["balance"]
+        if isinstance(p["rank"], bool) or not isinstance(p["rank"], (int, float)) or p["rank"] < 0:
+            raise ConfigError(f"objectives.itm.params.rank must be a number >= 0, got {p['rank']!r}")
+        self.rank = float(p["rank"])
 
     def random_share(self, step: int) -> float:
         """The share of uniformly drawn negatives at ``step``: 1 for ``random_steps`` steps, then a linear
@@ -135,10 +181,14 @@ class ITM(Objective):
                           + per_pair[n_pos:].sum() / mean_over_ranks_denominator(len(labels) - n_pos))
         else:
             loss = per_pair.sum() / mean_over_ranks_denominator(len(labels))
+        metrics: dict[str, float] = {}
+        if self.rank > 0:
+            ranking, metrics = ranking_loss(logits, n_pos, ok_t, ok_i, ok_n)
+            loss = loss + self.rank * ranking
         hit = logits.argmax(1) == labels
         # accuracy on positives apart: answering "no match" to every pair scores 1 - n_pos / n overall
-        metrics = {"itm_acc": float(hit.float().mean()), "itm_pos_acc": float(hit[:n_pos].float().mean()),
-                   "itm_random_share": mix}
+        metrics.update({"itm_acc": float(hit.float().mean()), "itm_pos_acc": float(hit[:n_pos].float().mean()),
+                        "itm_random_share": mix})
         if ok_n is not None and ok_n.any():  # how often the swapped captions are already told apart
             metrics["itm_swap_acc"] = float(hit[-int(ok_n.sum()):].float().mean())
         return ObjectiveOutput(loss, metrics)
