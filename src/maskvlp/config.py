@@ -183,6 +183,9 @@ class TrainConfig:
     grad_accum: int = 1
     lr: float = 3e-4
     text_lr: float = 1e-4  # for the pretrained text/fusion layers (ALBEF fine-tunes BERT at 1e-4)
+    # the unimodal towers' weights that start from nothing (ViT body; the text tower with text.init=scratch);
+    # 0 = train.lr. Lets fresh fusion layers and heads learn fast while a tower from scratch stays stable
+    tower_lr: float = 0.0
     weight_decay: float = 0.02
     warmup_steps: int = 100
     max_steps: int = 3000
@@ -362,6 +365,11 @@ def validate(cfg: RunConfig) -> None:
     for key, value in (("train.batch_size", cfg.train.batch_size), ("train.grad_accum", cfg.train.grad_accum)):
         if value < 1:
             raise ConfigError(f"bad value for {key!r}: {value}; must be >= 1")
+    for key, value in (("train.lr", cfg.train.lr), ("train.text_lr", cfg.train.text_lr)):
+        if value <= 0:
+            raise ConfigError(f"bad value for {key!r}: {value}; must be > 0")
+    if cfg.train.tower_lr < 0:
+        raise ConfigError(f"bad value for 'train.tower_lr': {cfg.train.tower_lr}; must be > 0 (or 0: train.lr)")
     if cfg.data.source == "json" and not cfg.data.train_json:
         raise ConfigError("data.source=json needs data.train_json=[file.json,...]")
     if not cfg.objectives:
