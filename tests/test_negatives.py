@@ -235,7 +235,7 @@ def test_balanced_itm_weighs_positives_and_negatives_equally(tmp_path):
     losses = {}
     for balance in (True, False):
         torch.manual_seed(0)
-        cfg = tiny_config(tmp_path, "albef", "objectives.itm.params.text_negatives=swap",
+        cfg = tiny_config(tmp_path, "albef", "objectives.itm.params.text_negatives=swap", "objectives.itm.params.rank=0",
                           f"objectives.itm.params.balance={str(balance).lower()}")
         module = Pretrainer(cfg, text_specials(TOKENIZER))
         tok = TOKENIZER.encode(captions, cfg.model.text.max_len)
