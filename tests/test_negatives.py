@@ -228,24 +228,29 @@ def test_unknown_itc_text_negatives_is_a_config_error(tmp_path):
         build_objective("itc", tiny_config(tmp_path).model, {"text_negatives": "shuffle"})
 
 
+def _itm_step(tmp_path, *overrides: str) -> tuple[dict, torch.Tensor]:
+    """One albef step (swapped-caption twins on) on 4 captions: its metrics and the ITM logits it computed."""
+    captions = ["a red circle and a blue square", "two circles", "a star above a cross", "a green triangle"]
+    torch.manual_seed(0)
+    cfg = tiny_config(tmp_path, "albef", "objectives.itm.params.text_negatives=swap", *overrides)
+    module = Pretrainer(cfg, text_specials(TOKENIZER))
+    tok = TOKENIZER.encode(captions, cfg.model.text.max_len)
+    size = cfg.model.vision.image_size
+    batch = Batch(torch.randn(4, 3, size, size), tok.input_ids, tok.attention_mask, torch.arange(4), 4)
+    seen = []
+    itm_logits = module.model.itm_logits
+    module.model.itm_logits = lambda text, mask, image: seen.append(itm_logits(text, mask, image)) or seen[-1]
+    _, metrics = module(batch, step=0)
+    return metrics, seen[-1].detach().float()
+
+
 def test_balanced_itm_weighs_positives_and_negatives_equally(tmp_path):
     """balance=true: the loss is half the mean cross-entropy of the positives plus half that of the negatives
     (swapped captions included), whatever the class counts; false keeps ALBEF's mean over all pairs."""
-    captions = ["a red circle and a blue square", "two circles", "a star above a cross", "a green triangle"]
     losses = {}
     for balance in (True, False):
-        torch.manual_seed(0)
-        cfg = tiny_config(tmp_path, "albef", "objectives.itm.params.text_negatives=swap", "objectives.itm.params.rank=0",
-                          f"objectives.itm.params.balance={str(balance).lower()}")
-        module = Pretrainer(cfg, text_specials(TOKENIZER))
-        tok = TOKENIZER.encode(captions, cfg.model.text.max_len)
-        size = cfg.model.vision.image_size
-        batch = Batch(torch.randn(4, 3, size, size), tok.input_ids, tok.attention_mask, torch.arange(4), 4)
-        seen = []
-        itm_logits = module.model.itm_logits
-        module.model.itm_logits = lambda text, mask, image: seen.append(itm_logits(text, mask, image)) or seen[-1]
-        _, metrics = module(batch, step=0)
-        logits = seen[-1].detach().float()
+        metrics, logits = _itm_step(tmp_path, "objectives.itm.params.rank=0",
+                                    f"objectives.itm.params.balance={str(balance).lower()}")
         labels = torch.zeros(len(logits), dtype=torch.long)
         labels[:4] = 1
         ce = F.cross_entropy(logits, labels, reduction="none")
@@ -267,19 +272,8 @@ def test_itm_ranking_term_equals_a_per_anchor_loop(tmp_path):
     """rank=r: loss_itm is ALBEF's mean cross-entropy plus r times the mean over anchors of a softmax ranking on
     the match log-odds: each text [own image, its negative image], each image [own caption, its negative
     caption, its caption's twin when it has one]. The twin metric is the share of twins scored below."""
-    captions = ["a red circle and a blue square", "two circles", "a star above a cross", "a green triangle"]
     twin_of = {0: 12, 2: 13}  # rows with a twin (rule-based), in row order after 4 positives + 4 + 4 negatives
-    torch.manual_seed(0)
-    cfg = tiny_config(tmp_path, "albef", "objectives.itm.params.text_negatives=swap", "objectives.itm.params.rank=0.5")
-    module = Pretrainer(cfg, text_specials(TOKENIZER))
-    tok = TOKENIZER.encode(captions, cfg.model.text.max_len)
-    size = cfg.model.vision.image_size
-    batch = Batch(torch.randn(4, 3, size, size), tok.input_ids, tok.attention_mask, torch.arange(4), 4)
-    seen = []
-    itm_logits = module.model.itm_logits
-    module.model.itm_logits = lambda text, mask, image: seen.append(itm_logits(text, mask, image)) or seen[-1]
-    _, metrics = module(batch, step=0)
-    logits = seen[-1].detach().float()
+    metrics, logits = _itm_step(tmp_path, "objectives.itm.params.rank=0.5")
     assert len(logits) == 3 * 4 + 2
     labels = torch.zeros(len(logits), dtype=torch.long)
     labels[:4] = 1
