@@ -153,3 +153,41 @@ def test_config_errors() -> None:
         load_config("clip", "tiny", ["model.vision.stem=efficientnet_lite0", "model.vision.image_size=96",
                                      "model.vision.patch_size=12"])
     assert [b[1] for b in lite0_blocks_for_stride(2)] == [16]
+
+
+@pytest.mark.parametrize("trainable", [False, True])
+def test_a_step_shares_the_frozen_trunk_between_student_and_teacher(tmp_path, trainable: bool) -> None:
+    """The clean-image passes of student and EMA teacher read one trunk output per step; after training steps
+    they still equal passes that run the trunk themselves (the teacher's frozen copy never moves)."""
+    from conftest import tiny_config
+    from maskvlp.data.tokenizer import load_tokenizer
+    from maskvlp.engine.pretrainer import Pretrainer
+    from maskvlp.engine.trainer import text_specials
+    from maskvlp.objectives.context import Batch, StepContext
+
+    cfg = tiny_config(tmp_path, "albef", f"model.vision.stem_trainable={trainable}")
+    tokenizer = load_tokenizer()
+    torch.manual_seed(0)
+    module = Pretrainer(cfg, text_specials(tokenizer), load_pretrained=False)
+    optimizer = make_optimizer(module, module.model, cfg.train)
+    tok = tokenizer.encode(["a red circle left of a blue square", "a green star", "two small crosses"], 24)
+    batch = Batch(torch.randn(3, 3, 32, 32), tok.input_ids, tok.attention_mask, torch.arange(3), 3)
+    for step in range(3):
+        optimizer.zero_grad()
+        module(batch, step)[0].backward()
+        optimizer.step()
+        module.after_step()
+    model = module.model
+    ctx = StepContext(model, batch, 3, 0, module.specials)
+    if trainable:
+        assert ctx.stem_features is None  # a trunk that trains differs between student and teacher
+        return
+    assert ctx.stem_features is not None and not ctx.stem_features.requires_grad
+    with torch.no_grad():
+        assert torch.equal(ctx.image.tokens, model.encode_image(batch.images).tokens)
+        assert torch.equal(ctx.teacher_image.tokens, model.encode_image(batch.images, teacher=True).tokens)
+    student_trunk = dict(model.vision.patch_embed.trunk.state_dict())
+    for name, value in model.teacher["vision"].patch_embed.trunk.state_dict().items():
+        assert torch.equal(value, student_trunk[name]), name
+    with pytest.raises(ValueError, match="whole images"):
+        model.vision(batch.images, mask=torch.zeros(3, 16, dtype=torch.bool), stem_features=ctx.stem_features)

@@ -226,6 +226,35 @@ def test_fusion_modes(mode: str) -> None:
     torch.testing.assert_close(b.text[0, :4], a.text[0, :4], atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("mode,need_image", [("text_to_image", False), ("two_stream", False), ("two_stream", True),
+                                             ("cross", True), ("merged", True)])
+def test_fusion_with_an_image_index_equals_the_gathered_pairs(mode: str, need_image: bool) -> None:
+    """ITM pairs each image with several captions; fusing with ``image_index`` (each image projected once)
+    gives the outputs, attention maps and gradients of fusing the per-pair copies."""
+    torch.manual_seed(0)
+    fusion = FusionEncoder(mode, depth=2, text_width=32, image_width=24, heads=4, intermediate=64).eval()
+    text = torch.randn(5, 6, 32, requires_grad=True)
+    text_mask = torch.tensor([[1] * 4 + [0] * 2, [1] * 6, [1] * 3 + [0] * 3, [1] * 6, [1] * 5 + [0]])
+    image = torch.randn(3, 7, 24, requires_grad=True)
+    image_mask = torch.tensor([[1] * 7, [1] * 5 + [0] * 2, [1] * 7])
+    index = torch.tensor([2, 0, 2, 1, 0])
+    outs, grads = [], []
+    for use_index in (False, True):
+        kwargs = {"image_index": index} if use_index else {}
+        img, img_mask = (image, image_mask) if use_index else (image[index], image_mask[index])
+        out = fusion(text, text_mask, img, img_mask, return_attention=True, need_image=need_image, **kwargs)
+        loss = out.text.square().sum() + (out.image.square().sum() if out.image is not None else 0)
+        grads.append(torch.autograd.grad(loss, (text, image)))
+        outs.append(out)
+    direct, indexed = outs
+    torch.testing.assert_close(indexed.text, direct.text, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(indexed.text_image_attention, direct.text_image_attention, atol=1e-5, rtol=1e-5)
+    if need_image and mode != "text_to_image":
+        torch.testing.assert_close(indexed.image, direct.image, atol=1e-5, rtol=1e-5)
+    for g_direct, g_indexed in zip(*grads):
+        torch.testing.assert_close(g_indexed, g_direct, atol=1e-5, rtol=1e-5)
+
+
 def test_fusion_rejects_unknown_mode() -> None:
     with pytest.raises(ValueError, match="text_to_image"):
         FusionEncoder("sideways", 1, 32, 32, 4, 64)

@@ -110,9 +110,9 @@ def test_itm_scores_each_negative_caption_against_its_own_image(tmp_path):
     seen = {}
     itm_logits = module.model.itm_logits
 
-    def spy(text, mask, image):
-        seen.update(text=text, mask=mask, image=image)
-        return itm_logits(text, mask, image)
+    def spy(text, mask, image, image_index=None):
+        seen.update(text=text, mask=mask, image=image if image_index is None else image[image_index])
+        return itm_logits(text, mask, image, image_index)
 
     module.model.itm_logits = spy
     _, metrics = module(batch, step=0)
@@ -138,7 +138,7 @@ def test_itm_with_no_caption_to_perturb_adds_no_pair(tmp_path):
     batch = Batch(torch.randn(2, 3, size, size), tok.input_ids, tok.attention_mask, torch.arange(2), 2)
     pairs = []
     itm_logits = module.model.itm_logits
-    module.model.itm_logits = lambda text, mask, image: pairs.append(text.shape[0]) or itm_logits(text, mask, image)
+    module.model.itm_logits = lambda text, *rest, **kw: pairs.append(text.shape[0]) or itm_logits(text, *rest, **kw)
     loss, metrics = module(batch, step=0)
     assert pairs == [3 * 2] and "itm_swap_acc" not in metrics and torch.isfinite(loss)
 
@@ -239,7 +239,7 @@ def _itm_step(tmp_path, *overrides: str) -> tuple[dict, torch.Tensor]:
     batch = Batch(torch.randn(4, 3, size, size), tok.input_ids, tok.attention_mask, torch.arange(4), 4)
     seen = []
     itm_logits = module.model.itm_logits
-    module.model.itm_logits = lambda text, mask, image: seen.append(itm_logits(text, mask, image)) or seen[-1]
+    module.model.itm_logits = lambda *args, **kw: seen.append(itm_logits(*args, **kw)) or seen[-1]
     _, metrics = module(batch, step=0)
     return metrics, seen[-1].detach().float()
 

@@ -368,3 +368,34 @@ def test_an_objective_before_its_start_step_costs_no_pass(tmp_path):
     assert late["loss_mlm"] > 0 and len(calls) == early_calls + 1  # exactly one more fusion: MLM's
     expected = late["loss_itc"] + late["loss_itm"] + late["loss_mlm"]
     assert float(total.detach()) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("step", [0, 200])  # before and after MLM joins
+def test_declared_text_passes_run_as_one_batch_per_tower_with_unchanged_loss_and_gradients(tmp_path, step):
+    """albef's objectives declare their text passes (captions, twins, masked captions; student and teacher):
+    the step runs one text-tower call per tower instead of one per pass, and loss and gradients are those of
+    separate passes."""
+    cfg = tiny_config(tmp_path, "albef", "objectives.mlm.start_step=100")
+    batch = _batch(cfg)
+    results = {}
+    for grouped in (True, False):
+        torch.manual_seed(0)
+        module = Pretrainer(cfg, SPECIALS)
+        if not grouped:
+            for objective in module.objectives.values():
+                objective.text_passes = lambda: set()
+        calls = []
+        encode_text = module.model.encode_text
+        module.model.encode_text = lambda *a, **k: calls.append(k.get("teacher", False)) or encode_text(*a, **k)
+        loss, metrics = module(batch, step)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+        results[grouped] = loss.detach(), metrics, grads, calls
+    (loss_g, metrics_g, grads_g, calls_g), (loss_s, metrics_s, grads_s, calls_s) = results[True], results[False]
+    assert sorted(calls_g) == [False, True]  # one student call, one teacher call
+    assert len(calls_s) == (4 if step == 0 else 6)  # captions and twins (+ masked captions), each tower
+    torch.testing.assert_close(loss_g, loss_s, atol=1e-5, rtol=1e-5)
+    assert metrics_g.keys() == metrics_s.keys()
+    assert grads_g.keys() == grads_s.keys()
+    for name in grads_g:
+        torch.testing.assert_close(grads_g[name], grads_s[name], atol=1e-5, rtol=1e-4, msg=name)

@@ -57,13 +57,16 @@ class Pretrainer(nn.Module):
         return self.weights[key] * (min(1.0, (step - start + 1) / ramp) if ramp > 0 else 1.0)
 
     def forward(self, batch: Batch, step: int, micro: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
-        ctx = StepContext(self.model, batch, step, self.seed, self.specials, micro, self.masked_text_image_states)
+        active = {key: w for key in self.objectives if (w := self.weight(key, step)) != 0.0}
+        text_passes = frozenset().union(*(self.objectives[key].text_passes() for key in active))
+        if self.model.teacher is None:
+            text_passes = frozenset(p for p in text_passes if not p[0])
+        ctx = StepContext(self.model, batch, step, self.seed, self.specials, micro, self.masked_text_image_states,
+                          text_passes)
         total = torch.zeros((), device=batch.images.device)
         metrics: dict[str, float] = {}
-        for key, objective in self.objectives.items():
-            weight = self.weight(key, step)
-            if weight == 0.0:
-                continue
+        for key, weight in active.items():
+            objective = self.objectives[key]
             out = objective(ctx)
             total = total + weight * out.loss
             metrics[f"loss_{key}"] = float(out.loss.detach())

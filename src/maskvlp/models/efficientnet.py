@@ -150,9 +150,19 @@ class EfficientNetStem(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out")
 
-    def forward(self, images: Tensor) -> Tensor:
+    @property
+    def trunk_frozen(self) -> bool:
+        return not any(p.requires_grad for p in self.trunk.parameters())
+
+    def trunk_features(self, images: Tensor) -> Tensor:
+        """The trunk's output (B, C, H/p, W/p), before the trainable projection."""
         x = images * self.in_scale.to(images.dtype) + self.in_shift.to(images.dtype)
-        return self.proj(self.trunk(x))
+        return self.trunk(x)
+
+    def forward(self, images: Tensor, trunk_features: Tensor | None = None) -> Tensor:
+        """``trunk_features``: :meth:`trunk_features` of these images, computed once and shared (a frozen
+        trunk gives the student and the EMA teacher the same output)."""
+        return self.proj(self.trunk_features(images) if trunk_features is None else trunk_features)
 
 
 # ------------------------------------------------------------------------------ weights

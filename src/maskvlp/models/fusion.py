@@ -104,8 +104,12 @@ class FusionEncoder(nn.Module):
 
     def forward(self, text: Tensor, text_mask: Tensor, image: Tensor, image_mask: Tensor | None = None,
                 return_attention: bool = False, need_image: bool = True, need_text: bool = True,
-                text_grad: bool = True, image_grad: bool = True) -> FusionOutput:
+                text_grad: bool = True, image_grad: bool = True, image_index: Tensor | None = None) -> FusionOutput:
         """text_mask (B, Lt) 1/True = real token; image_mask (B, Li) or None = every image token is real.
+
+        ``image_index`` (B,): text row r is paired with image row ``image_index[r]`` of ``image`` (C, Li, D)
+        (and of ``image_mask``); the text stream's cross-attention then projects each image once, not
+        once per pair. Modes whose image stream runs take the per-pair images.
 
         ``return_attention`` adds the last text-stream block's self-attention and text-to-image
         weights, averaged over heads (teacher maps for guided masking and keyword selection).
@@ -121,6 +125,11 @@ class FusionEncoder(nn.Module):
         if not (need_text or need_image):
             raise ValueError("fusion asked for neither text nor image states")
         skip_last_text = not need_text and not return_attention and self.mode != "merged"
+        if image_index is not None:
+            if image_mask is not None:
+                image_mask = image_mask.index_select(0, image_index)
+            if self.mode != "text_to_image" and not (self.mode == "two_stream" and not need_image):
+                image, image_index = image.index_select(0, image_index), None
         text_mask = text_mask.to(torch.bool)
         image_mask = None if image_mask is None else image_mask.to(torch.bool)
         last = len(self.blocks) - 1
@@ -130,9 +139,10 @@ class FusionEncoder(nn.Module):
         def text_block(i: int, blk: Block, x: Tensor, ctx: Tensor) -> Tensor:
             nonlocal w_self, w_image, w_cls
             if not (return_attention and i == last):
-                return blk(x, mask=text_mask, context=ctx, context_mask=image_mask, packing=text_packing)
+                return blk(x, mask=text_mask, context=ctx, context_mask=image_mask, packing=text_packing,
+                           context_index=image_index)
             x, (ws, wc) = blk(x, mask=text_mask, context=ctx, context_mask=image_mask, return_attention="both",
-                              packing=text_packing)
+                              packing=text_packing, context_index=image_index)
             w_cls, w_self, w_image = ws[:, :, 0], ws.mean(1), wc.mean(1)
             return x
 

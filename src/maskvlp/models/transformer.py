@@ -104,8 +104,13 @@ class Attention(nn.Module):
         mask: Tensor | None = None,
         return_attention: bool = False,
         packing: Packing | None = None,
+        context_index: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """x: (B, Lq, dim); context: (B, Lk, kv_dim) or None for self-attention; mask: (B, Lk), True = attend.
+
+        ``context_index`` (B,): query row r attends to context row ``context_index[r]`` of a (C, Lk, kv_dim)
+        context, so keys and values are projected once per distinct context (ITM scores each image against
+        several captions) instead of once per pair; ``mask`` is then per query row (B, Lk).
 
         Returns (B, Lq, dim), or ``(out, weights)`` with weights (B, heads, Lq, Lk) when
         ``return_attention`` (explicit softmax path, slower, used for teacher attention maps).
@@ -117,7 +122,10 @@ class Attention(nn.Module):
         if context is None:
             k, v = self._split(unpack(self.key(x))), self._split(unpack(self.value(x)))
         else:
-            k, v = self._split(self.key(context)), self._split(self.value(context))
+            k, v = self.key(context), self.value(context)
+            if context_index is not None:  # on contiguous rows: the backward is a cheap row-wise index_add
+                k, v = k.index_select(0, context_index), v.index_select(0, context_index)
+            k, v = self._split(k), self._split(v)
         key_mask = _key_mask(mask)
         p = self.dropout if self.training else 0.0
         weights = None
@@ -185,10 +193,10 @@ class Block(nn.Module):
 
     @staticmethod
     def _call(attn: Attention, x: Tensor, ctx: Tensor | None, mask: Tensor | None, want: bool,
-              packing: Packing | None) -> tuple[Tensor, Tensor | None]:
+              packing: Packing | None, ctx_index: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         if want:
-            return attn(x, ctx, mask, return_attention=True, packing=packing)
-        return attn(x, ctx, mask, packing=packing), None
+            return attn(x, ctx, mask, return_attention=True, packing=packing, context_index=ctx_index)
+        return attn(x, ctx, mask, packing=packing, context_index=ctx_index), None
 
     def forward(
         self,
@@ -198,6 +206,7 @@ class Block(nn.Module):
         context_mask: Tensor | None = None,
         return_attention: AttentionRequest = False,
         packing: Packing | None | bool = True,  # True: compute from mask
+        context_index: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """x: (B, L, dim); mask: (B, L) over x's keys; context/context_mask: the cross-attention input.
 
@@ -208,7 +217,8 @@ class Block(nn.Module):
         When ``mask`` marks padding, every position-wise layer runs on the real tokens only
         (:class:`Packing`); the output is zero at the padding. ``packing``: True computes it from
         ``mask``; an encoder passes ``Packing.for_mask(mask)`` once for all its blocks instead (each
-        computation is a host sync on a GPU); None runs padded.
+        computation is a host sync on a GPU); None runs padded. ``context_index``: row r of ``x`` reads
+        context row ``context_index[r]`` (:meth:`Attention.forward`).
         """
         want_both = return_attention == "both"
         want_cross = return_attention == "cross" or want_both
@@ -227,7 +237,8 @@ class Block(nn.Module):
             x = x + a
             w_cross = None
             if self.cross is not None:
-                c, w_cross = self._call(self.cross, self.norm_cross(x), context, context_mask, want_cross, packing)
+                c, w_cross = self._call(self.cross, self.norm_cross(x), context, context_mask, want_cross, packing,
+                                        context_index)
                 x = x + c
             x = x + self.mlp(self.norm2(x))
         else:
@@ -235,7 +246,7 @@ class Block(nn.Module):
             x = self.norm1(x + a)
             w_cross = None
             if self.cross is not None:
-                c, w_cross = self._call(self.cross, x, context, context_mask, want_cross, packing)
+                c, w_cross = self._call(self.cross, x, context, context_mask, want_cross, packing, context_index)
                 x = self.norm_cross(x + c)
             x = self.norm2(x + self.mlp(x))
         if packing is not None:

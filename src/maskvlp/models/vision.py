@@ -181,12 +181,23 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"expected {self.cfg.image_size}x{self.cfg.image_size} images, got {h}x{w}")
         return images
 
-    def embed_patches(self, images: Tensor, mask: Tensor | None = None, hidden: Tensor | None = None) -> Tensor:
+    def frozen_stem_features(self, images: Tensor) -> Tensor | None:
+        """The frozen part of the stem (a pretrained trunk that does not train) on whole images, or None
+        when the stem has none. Its output is the same for the student and the EMA teacher (the teacher's
+        copy of a frozen weight never moves), so a step computes it once for both clean-image passes."""
+        if not (isinstance(self.patch_embed, EfficientNetStem) and self.patch_embed.trunk_frozen):
+            return None
+        with torch.no_grad():
+            return self.patch_embed.trunk_features(self._frames(images).flatten(0, 1))
+
+    def embed_patches(self, images: Tensor, mask: Tensor | None = None, hidden: Tensor | None = None,
+                      stem_features: Tensor | None = None) -> Tensor:
         """Patch tokens with positions (and temporal embedding) added: (B, T*N, D); no CLS.
 
         ``mask`` (B, T*N) True = replace that patch by ``mask_token`` (before positions).
         ``hidden`` (B, T*N) True = that patch must not be seen at all (masked or dropped): with an
         overlapping stem its pixels are zeroed first, so its content cannot reach the kept tokens.
+        ``stem_features``: :meth:`frozen_stem_features` of these (whole, unzeroed) images.
         """
         images = self._frames(images)
         b, t = images.shape[:2]
@@ -194,12 +205,17 @@ class VisionTransformer(nn.Module):
         for name, m in (("mask", mask), ("hidden", hidden)):
             if m is not None and m.shape != (b, n):
                 raise ValueError(f"{name} must be (B, {n}), got {tuple(m.shape)}")
-        if hidden is not None and self.cfg.stem in OVERLAPPING_STEMS:
+        if stem_features is not None:
+            if hidden is not None and self.cfg.stem in OVERLAPPING_STEMS:
+                raise ValueError("stem_features are of whole images; a pass that hides pixels computes its own")
+            x = self.patch_embed(images.flatten(0, 1), trunk_features=stem_features).flatten(2).transpose(1, 2)
+        elif hidden is not None and self.cfg.stem in OVERLAPPING_STEMS:
             p = self.cfg.patch_size
             pixels = hidden.to(torch.bool).view(b, t, 1, self.grid, 1, self.grid, 1)
             pixels = pixels.expand(-1, -1, -1, -1, p, -1, p).reshape(b, t, 1, self.grid * p, self.grid * p)
             images = images.masked_fill(pixels, 0.0)
-        x = self.patch_embed(images.flatten(0, 1)).flatten(2).transpose(1, 2)  # (B*T, N, D)
+        if stem_features is None:
+            x = self.patch_embed(images.flatten(0, 1)).flatten(2).transpose(1, 2)  # (B*T, N, D)
         x = x.reshape(b, n, self.width)
         if mask is not None:
             x = torch.where(mask.to(torch.bool).unsqueeze(-1), self.mask_token.to(x.dtype), x)
@@ -214,6 +230,7 @@ class VisionTransformer(nn.Module):
         keep_idx: Tensor | None = None,
         mask: Tensor | None = None,
         return_attention: bool = False,
+        stem_features: Tensor | None = None,
     ) -> VisionOutput:
         """Encode images; ``mask`` (B, T*N) bool and/or ``keep_idx`` (B, K) long; see the module docstring.
 
@@ -226,7 +243,7 @@ class VisionTransformer(nn.Module):
             dropped = torch.ones(images.shape[0], n, dtype=torch.bool, device=images.device)
             dropped = dropped.scatter(1, keep_idx, False)
             hidden = dropped if mask is None else dropped | mask.to(torch.bool)
-        x = self.embed_patches(images, mask, hidden)
+        x = self.embed_patches(images, mask, hidden, stem_features)
         if keep_idx is not None:
             x = torch.gather(x, 1, keep_idx.unsqueeze(-1).expand(-1, -1, self.width))
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)

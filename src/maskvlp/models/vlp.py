@@ -101,10 +101,12 @@ class VLPModel(nn.Module):
             self.teacher.update(self.teacher_students())
 
     # ---------------------------------------------------------------- towers
-    def encode_image(self, images: torch.Tensor, keep_idx=None, mask=None, teacher: bool = False) -> Encoded:
+    def encode_image(self, images: torch.Tensor, keep_idx=None, mask=None, teacher: bool = False,
+                     stem_features: torch.Tensor | None = None) -> Encoded:
+        """``stem_features``: the student's ``vision.frozen_stem_features(images)``, shared by both towers."""
         vision = self.teacher["vision"] if teacher else self.vision
         proj = self.teacher["vision_proj"] if teacher else self.vision_proj
-        tokens = vision(images, keep_idx=keep_idx, mask=mask).tokens
+        tokens = vision(images, keep_idx=keep_idx, mask=mask, stem_features=stem_features).tokens
         return Encoded(tokens, F.normalize(proj(tokens[:, 0]), dim=-1))
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, teacher: bool = False) -> Encoded:
@@ -126,17 +128,19 @@ class VLPModel(nn.Module):
 
     def fuse(self, text_tokens, text_mask, image_tokens, image_mask=None, teacher: bool = False,
              return_attention: bool = False, need_image: bool = True, need_text: bool = True,
-             text_grad: bool = True, image_grad: bool = True) -> FusionOutput:
+             text_grad: bool = True, image_grad: bool = True, image_index: torch.Tensor | None = None) -> FusionOutput:
         fusion = self.teacher["fusion"] if teacher else self.fusion
         if fusion is None:
             raise RuntimeError("this model was built without a fusion encoder (the recipe needs none)")
         return fusion(text_tokens, text_mask.bool(), image_tokens, image_mask, return_attention=return_attention,
-                      need_image=need_image, need_text=need_text, text_grad=text_grad, image_grad=image_grad)
+                      need_image=need_image, need_text=need_text, text_grad=text_grad, image_grad=image_grad,
+                      image_index=image_index)
 
-    def itm_logits(self, text_tokens, text_mask, image_tokens) -> torch.Tensor:
-        """Match / no-match logits [B, 2] from the pooled fused text of each (text, image) pair."""
+    def itm_logits(self, text_tokens, text_mask, image_tokens, image_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Match / no-match logits [B, 2] from the pooled fused text of each (text, image) pair; with
+        ``image_index`` text row r is paired with ``image_tokens[image_index[r]]`` (each image projected once)."""
         assert self.itm_head is not None, "the model has no ITM head"
-        fused = self.fuse(text_tokens, text_mask, image_tokens, need_image=False).text
+        fused = self.fuse(text_tokens, text_mask, image_tokens, need_image=False, image_index=image_index).text
         return self.itm_head(self.pool_text(fused, text_mask))
 
     @property

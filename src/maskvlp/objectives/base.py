@@ -47,6 +47,13 @@ class Objective(nn.Module):
         shared with a text-only reader (MLM) computes them once. Default: none."""
         return set()
 
+    def text_passes(self) -> set[tuple]:
+        """The text-tower passes this objective reads, as ``(teacher, what)`` with ``what`` one of the
+        context's ``CLEAN``, ``NEGATIVES`` or a text-mask key: a step runs each tower's declared passes as
+        one batch (:meth:`~maskvlp.objectives.context.StepContext.encoded_text`). Undeclared passes still
+        work, each on its own. Default: none."""
+        return set()
+
     def forward(self, ctx: Any) -> ObjectiveOutput:  # pragma: no cover - interface
         raise NotImplementedError
 

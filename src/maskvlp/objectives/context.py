@@ -16,12 +16,17 @@ from functools import cached_property
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from maskvlp.engine.distributed import all_gather_nograd, local_slice
 from maskvlp.masking import MaskedText, bert_text_mask
 from maskvlp.models.fusion import FusionOutput
 from maskvlp.models.vlp import Encoded, VLPModel
 from maskvlp.negatives import WordLexicon, perturb_batch
+
+
+CLEAN, NEGATIVES = "clean", "negatives"  # text passes besides masked captions (keyed by their text_mask_key)
+TextPass = tuple  # (teacher: bool, CLEAN | NEGATIVES | text_mask_key(...))
 
 
 @dataclass
@@ -63,7 +68,8 @@ def step_generator(seed: int, step: int, micro: int, purpose: str) -> torch.Gene
 
 class StepContext:
     def __init__(self, model: VLPModel, batch: Batch, step: int, seed: int, specials: TextSpecials, micro: int = 0,
-                 masked_text_image_states: frozenset[tuple] = frozenset()):
+                 masked_text_image_states: frozenset[tuple] = frozenset(),
+                 text_passes: frozenset[TextPass] = frozenset()):
         self.model = model
         self.micro = micro  # micro-batch index under gradient accumulation
         self.batch = batch
@@ -79,7 +85,10 @@ class StepContext:
         # so the one pass computes them even when a text-only reader asks first)
         self._masked_text_image_states = masked_text_image_states
         self._fused_masked_text: dict[tuple, FusionOutput] = {}
-        self._masked_text_tokens: dict[tuple, torch.Tensor] = {}
+        # text-tower passes the step's objectives declared (Objective.text_passes): the first request runs
+        # each tower's declared passes as one batch; an undeclared request runs alone
+        self._text_passes = text_passes
+        self._text: dict[TextPass, Encoded] = {}
 
     # ------------------------------------------------------------------ randomness
     def generator(self, purpose: str) -> torch.Generator:
@@ -92,22 +101,65 @@ class StepContext:
 
     # ------------------------------------------------------------------ unimodal passes
     @cached_property
-    def image(self) -> Encoded:
-        return self.model.encode_image(self.batch.images)
+    def stem_features(self) -> torch.Tensor | None:
+        """The frozen part of the image stem on the clean images, once per step for the student's and the
+        teacher's clean passes (a frozen pretrained trunk: ~40% of the tiny ViT's forward); None without one."""
+        return self.model.vision.frozen_stem_features(self.batch.images)
 
     @cached_property
+    def image(self) -> Encoded:
+        return self.model.encode_image(self.batch.images, stem_features=self.stem_features)
+
+    @property
     def text(self) -> Encoded:
-        return self.model.encode_text(self.batch.input_ids, self.batch.attention_mask)
+        return self.encoded_text(False, CLEAN)
 
     @cached_property
     def teacher_image(self) -> Encoded:
         with torch.no_grad():
-            return self.model.encode_image(self.batch.images, teacher=True)
+            return self.model.encode_image(self.batch.images, teacher=True, stem_features=self.stem_features)
 
-    @cached_property
+    @property
     def teacher_text(self) -> Encoded:
-        with torch.no_grad():
-            return self.model.encode_text(self.batch.input_ids, self.batch.attention_mask, teacher=True)
+        return self.encoded_text(True, CLEAN)
+
+    def _text_input(self, what: str | tuple) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(ids, attention mask) of one text pass: the captions, their twins (None when no row has one),
+        or the captions under a text mask (``what`` = its :func:`text_mask_key`)."""
+        if what == CLEAN:
+            return self.batch.input_ids, self.batch.attention_mask
+        if what == NEGATIVES:
+            ids, mask, has = self.negative_captions
+            return (ids, mask) if bool(has.any()) else None
+        return self.masked_text(*what[1:]).input_ids, self.batch.attention_mask
+
+    def encoded_text(self, teacher: bool, what: str | tuple) -> Encoded:
+        """One text-tower pass (student or EMA teacher), once per step: ``CLEAN`` captions, their
+        ``NEGATIVES`` (ask only when a row has one), or a :func:`text_mask_key`'s masked captions.
+
+        When the pass was declared, every declared pass of that tower runs with it as one batch
+        (padded to the longest; the padding is skipped by the blocks and masked as keys): one embedding
+        gradient of the vocabulary's size instead of one per pass, and fewer, larger matmuls.
+        """
+        key = (teacher, what)
+        if key not in self._text:
+            group = [key]
+            if key in self._text_passes:
+                group = sorted((p for p in self._text_passes if p[0] == teacher and p not in self._text), key=repr)
+            inputs = [(p, self._text_input(p[1])) for p in group]
+            inputs = [(p, x) for p, x in inputs if x is not None]
+            ids, masks = [x[0] for _, x in inputs], [x[1] for _, x in inputs]
+            width = max(i.shape[1] for i in ids)
+            ids_all = torch.cat([F.pad(i, (0, width - i.shape[1]), value=self.specials.pad_id) for i in ids])
+            mask_all = torch.cat([F.pad(m, (0, width - m.shape[1])) for m in masks])
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not teacher):
+                out = self.model.encode_text(ids_all, mask_all, teacher=teacher)
+            start = 0
+            for (p, _), i in zip(inputs, ids):
+                rows = slice(start, start + i.shape[0])
+                self._text[p] = Encoded(out.tokens[rows, :i.shape[1]], out.embed[rows])
+                start += i.shape[0]
+        return self._text[key]
 
     @cached_property
     def negative_captions(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -119,18 +171,15 @@ class StepContext:
         return perturb_batch(self.batch.input_ids, self.batch.attention_mask, self.specials.lexicon,
                              lambda r: self.generator(f"text-negatives/{first + r}"), self.specials.pad_id)
 
-    @cached_property
+    @property
     def negative_text(self) -> Encoded:
         """The student's text pass over :attr:`negative_captions` (ask only when there is at least one)."""
-        ids, mask, _ = self.negative_captions
-        return self.model.encode_text(ids, mask)
+        return self.encoded_text(False, NEGATIVES)
 
-    @cached_property
+    @property
     def teacher_negative_text(self) -> Encoded:
         """The EMA teacher's text pass over :attr:`negative_captions` (ask only when there is at least one)."""
-        ids, mask, _ = self.negative_captions
-        with torch.no_grad():
-            return self.model.encode_text(ids, mask, teacher=True)
+        return self.encoded_text(True, NEGATIVES)
 
     @cached_property
     def global_image_keys(self) -> torch.Tensor:
@@ -180,10 +229,8 @@ class StepContext:
         masked = self.masked_text(ratio, mask_fraction, random_fraction)
         cached = self._fused_masked_text.get(key)
         if cached is None or (need_image and cached.image is None):
-            if key not in self._masked_text_tokens:
-                self._masked_text_tokens[key] = self.model.encode_text(masked.input_ids, self.batch.attention_mask).tokens
             with_image = need_image or key in self._masked_text_image_states
-            cached = self.model.fuse(self._masked_text_tokens[key], self.batch.attention_mask, self.image.tokens,
+            cached = self.model.fuse(self.encoded_text(False, key).tokens, self.batch.attention_mask, self.image.tokens,
                                      need_image=with_image, image_grad=False)
             self._fused_masked_text[key] = cached
         return masked, cached

@@ -28,6 +28,7 @@ from maskvlp.engine.distributed import all_gather_nograd, all_gather_with_grad, 
 from maskvlp.models.vlp import TEACHER
 from maskvlp.negatives import text_negatives_enabled
 from maskvlp.objectives.base import Objective, ObjectiveOutput, register, take
+from maskvlp.objectives.context import CLEAN, NEGATIVES
 
 
 class FeatureQueue(torch.nn.Module):
@@ -120,6 +121,14 @@ class ITC(Objective):
 
     def required_parts(self) -> set[str]:
         return {TEACHER} if self.momentum_features else set()
+
+    def text_passes(self) -> set[tuple]:
+        passes = {(False, CLEAN)} | ({(False, NEGATIVES)} if self.text_negatives else set())
+        if self.momentum_features:
+            passes.add((True, CLEAN))
+            if self.text_negatives and (self.alpha > 0 or self.batch_features == "teacher"):
+                passes.add((True, NEGATIVES))
+        return passes
 
     def current_alpha(self, step: int) -> float:
         return self.alpha * min(1.0, (step + 1) / max(1, self.alpha_ramp_steps))

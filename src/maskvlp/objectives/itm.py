@@ -38,6 +38,7 @@ from maskvlp.engine.distributed import all_gather_nograd, all_gather_with_grad, 
 from maskvlp.models.vlp import FUSION, ITM as ITM_HEAD
 from maskvlp.negatives import text_negatives_enabled
 from maskvlp.objectives.base import Objective, ObjectiveOutput, register, take
+from maskvlp.objectives.context import CLEAN, NEGATIVES
 
 
 def sample_hard_negatives(similarity: torch.Tensor, row_keys: torch.Tensor, column_keys: torch.Tensor,
@@ -136,6 +137,9 @@ class ITM(Objective):
             raise ConfigError(f"objectives.itm.params.rank must be a number >= 0, got {p['rank']!r}")
         self.rank = float(p["rank"])
 
+    def text_passes(self) -> set[tuple]:
+        return {(False, CLEAN)} | ({(False, NEGATIVES)} if self.text_negatives else set())
+
     def random_share(self, step: int) -> float:
         """The share of uniformly drawn negatives at ``step``: 1 for ``random_steps`` steps, then a linear
         fall to ``random_mix`` over ``random_ramp_steps``."""
@@ -160,18 +164,20 @@ class ITM(Objective):
         neg_text_of_image, ok_i = neg_text_of_image[rows], ok_i[rows]
         all_image, all_text, all_mask = all_gather_with_grad(image), all_gather_with_grad(text), all_gather_nograd(mask)
 
+        # each pair's image as a row of the gathered batch: the fusion projects every image once, not per pair
+        own = torch.arange(rows.start, rows.stop, device=image.device)
         texts = [text, text[ok_t], all_text[neg_text_of_image[ok_i]]]
         masks = [mask, mask[ok_t], all_mask[neg_text_of_image[ok_i]]]
-        images = [image, all_image[neg_image_of_text[ok_t]], image[ok_i]]
+        images = [own, neg_image_of_text[ok_t], own[ok_i]]
         ok_n = None
         if self.text_negatives:
             _, negative_mask, ok_n = ctx.negative_captions
             if ok_n.any():
                 texts.append(ctx.negative_text.tokens)
                 masks.append(negative_mask)
-                images.append(image[ok_n])
+                images.append(own[ok_n])
         text_in, mask_in = cat_padded(texts, masks)
-        logits = model.itm_logits(text_in, mask_in, torch.cat(images))
+        logits = model.itm_logits(text_in, mask_in, all_image, image_index=torch.cat(images))
         n_pos = image.shape[0]  # the positives come first
         labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
         labels[:n_pos] = 1

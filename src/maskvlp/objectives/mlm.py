@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from maskvlp.config import ModelConfig
 from maskvlp.models.vlp import FUSION, MLM as MLM_HEAD, TEACHER_FUSION
 from maskvlp.objectives.base import Objective, ObjectiveOutput, register, take
+from maskvlp.objectives.context import text_mask_key
 from maskvlp.engine.distributed import mean_over_ranks_denominator
 
 
@@ -35,6 +36,10 @@ class MLM(Objective):
     def required_parts(self) -> set[str]:
         return set(self.needs) | ({TEACHER_FUSION} if self.alpha > 0 else set())
 
+    def text_passes(self) -> set[tuple]:
+        key = text_mask_key(self.ratio)
+        return {(False, key)} | ({(True, key)} if self.alpha > 0 else set())
+
     def forward(self, ctx) -> ObjectiveOutput:
         model = ctx.model
         mask = ctx.batch.attention_mask
@@ -46,7 +51,7 @@ class MLM(Objective):
         alpha = self.alpha * min(1.0, (ctx.step + 1) / max(1, self.alpha_ramp_steps))
         if alpha > 0:
             with torch.no_grad():
-                t_text = model.encode_text(masked.input_ids, mask, teacher=True).tokens
+                t_text = ctx.encoded_text(True, text_mask_key(self.ratio)).tokens
                 t_fused = model.fuse(t_text, mask, ctx.teacher_image.tokens, teacher=True, need_image=False).text[masked.masked]
                 soft = F.softmax(model.teacher["mlm_head"](t_fused).float(), dim=-1)
             per_token = (1 - alpha) * per_token - alpha * (soft * F.log_softmax(logits.float(), dim=-1)).sum(-1)
