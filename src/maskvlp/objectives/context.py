@@ -29,6 +29,12 @@ CLEAN, NEGATIVES = "clean", "negatives"  # text passes besides masked captions (
 TextPass = tuple  # (teacher: bool, CLEAN | NEGATIVES | text_mask_key(...))
 
 
+def cat_rows_padded(tensors: list[torch.Tensor], value: float = 0) -> torch.Tensor:
+    """Concatenate (B_i, L_i, ...) tensors along the batch, padding dim 1 with ``value`` to the longest L."""
+    width = max(t.shape[1] for t in tensors)
+    return torch.cat([F.pad(t.movedim(1, -1), (0, width - t.shape[1]), value=value).movedim(-1, 1) for t in tensors])
+
+
 @dataclass
 class TextSpecials:
     """What text masking must know about the vocabulary."""
@@ -149,9 +155,7 @@ class StepContext:
             inputs = [(p, self._text_input(p[1])) for p in group]
             inputs = [(p, x) for p, x in inputs if x is not None]
             ids, masks = [x[0] for _, x in inputs], [x[1] for _, x in inputs]
-            width = max(i.shape[1] for i in ids)
-            ids_all = torch.cat([F.pad(i, (0, width - i.shape[1]), value=self.specials.pad_id) for i in ids])
-            mask_all = torch.cat([F.pad(m, (0, width - m.shape[1])) for m in masks])
+            ids_all, mask_all = cat_rows_padded(ids, self.specials.pad_id), cat_rows_padded(masks)
             with torch.set_grad_enabled(torch.is_grad_enabled() and not teacher):
                 out = self.model.encode_text(ids_all, mask_all, teacher=teacher)
             start = 0

@@ -38,7 +38,7 @@ from maskvlp.engine.distributed import all_gather_nograd, all_gather_with_grad, 
 from maskvlp.models.vlp import FUSION, ITM as ITM_HEAD
 from maskvlp.negatives import text_negatives_enabled
 from maskvlp.objectives.base import Objective, ObjectiveOutput, register, take
-from maskvlp.objectives.context import CLEAN, NEGATIVES
+from maskvlp.objectives.context import CLEAN, NEGATIVES, cat_rows_padded
 
 
 def sample_hard_negatives(similarity: torch.Tensor, row_keys: torch.Tensor, column_keys: torch.Tensor,
@@ -63,10 +63,7 @@ def sample_hard_negatives(similarity: torch.Tensor, row_keys: torch.Tensor, colu
 
 def cat_padded(tokens: list[torch.Tensor], masks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Concatenate text states (B_i, L_i, D) and masks (B_i, L_i) along the batch, padding to the longest L."""
-    width = max(t.shape[1] for t in tokens)
-    tokens = [F.pad(t, (0, 0, 0, width - t.shape[1])) for t in tokens]
-    masks = [F.pad(m, (0, width - m.shape[1])) for m in masks]
-    return torch.cat(tokens), torch.cat(masks)
+    return cat_rows_padded(tokens), cat_rows_padded(masks)
 
 
 NO_CANDIDATE = -1e4  # log-odds of a candidate an anchor does not have: finite, so its softmax share is 0
