@@ -22,7 +22,7 @@ from maskvlp.eval import metrics as M
 from maskvlp.eval.mlm_binding import PROBE_KINDS, mlm_binding
 from maskvlp.eval.rerank import recall_from_two, rerank_both, rerank_both_cost
 from maskvlp.engine.logging import console
-from maskvlp.models.vlp import VLPModel
+from maskvlp.models.vlp import Encoded, VLPModel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 RERANK_CHUNK = 4096  # pairs handed to the scorer at once; it sub-batches them by text length
@@ -46,14 +46,32 @@ def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def _encode_in_batches(n: int, batch_size: int, encode: Callable[[int, int], Encoded]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``encode(start, end)`` over [0, n) in batches, writing into tensors allocated once.
+
+    Filling preallocated outputs instead of concatenating a list of batches halves the peak memory of
+    the largest thing evaluation holds (every caption's token states: 5,000 x 38 x 384 floats here,
+    ~2 GB for a base model on COCO's 25,000 test captions).
+    """
+    tokens = embed = None
+    for start in range(0, n, batch_size):
+        end = min(n, start + batch_size)
+        out = encode(start, end)
+        if tokens is None:
+            tokens = out.tokens.new_empty((n, *out.tokens.shape[1:]))
+            embed = out.embed.new_empty((n, *out.embed.shape[1:]))
+        tokens[start:end] = out.tokens
+        embed[start:end] = out.embed
+    if tokens is None:
+        raise ValueError("nothing to encode: the evaluation set is empty")
+    return tokens, embed
+
+
 @torch.no_grad()
 def encode_images(model: VLPModel, images: Callable[[list[int]], torch.Tensor], n: int, batch_size: int) -> EncodedImages:
-    tokens, embeds = [], []
-    for start in range(0, n, batch_size):
-        out = model.encode_image(images(list(range(start, min(n, start + batch_size)))).to(_device(model)))
-        tokens.append(out.tokens)
-        embeds.append(out.embed)
-    return EncodedImages(torch.cat(tokens), torch.cat(embeds))
+    device = _device(model)
+    return EncodedImages(*_encode_in_batches(
+        n, batch_size, lambda start, end: model.encode_image(images(list(range(start, end))).to(device))))
 
 
 @torch.no_grad()
@@ -61,12 +79,9 @@ def encode_texts(model: VLPModel, tokenizer, texts: list[str], max_len: int, bat
     """Encode all texts, padded to the longest overall so ITM can index any subset."""
     batch = tokenizer.encode(texts, max_len)
     ids, mask = batch.input_ids.to(_device(model)), batch.attention_mask.to(_device(model))
-    tokens, embeds = [], []
-    for start in range(0, len(texts), batch_size):
-        out = model.encode_text(ids[start:start + batch_size], mask[start:start + batch_size])
-        tokens.append(out.tokens)
-        embeds.append(out.embed)
-    return EncodedTexts(ids, mask, torch.cat(tokens), torch.cat(embeds))
+    tokens, embed = _encode_in_batches(
+        len(texts), batch_size, lambda start, end: model.encode_text(ids[start:end], mask[start:end]))
+    return EncodedTexts(ids, mask, tokens, embed)
 
 
 def itm_scorer(model: VLPModel, images: EncodedImages, texts: EncodedTexts, batch_size: int = 128,
