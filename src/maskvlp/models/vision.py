@@ -205,17 +205,15 @@ class VisionTransformer(nn.Module):
         for name, m in (("mask", mask), ("hidden", hidden)):
             if m is not None and m.shape != (b, n):
                 raise ValueError(f"{name} must be (B, {n}), got {tuple(m.shape)}")
-        if stem_features is not None:
-            if hidden is not None and self.cfg.stem in OVERLAPPING_STEMS:
+        if hidden is not None and self.cfg.stem in OVERLAPPING_STEMS:
+            if stem_features is not None:
                 raise ValueError("stem_features are of whole images; a pass that hides pixels computes its own")
-            x = self.patch_embed(images.flatten(0, 1), trunk_features=stem_features).flatten(2).transpose(1, 2)
-        elif hidden is not None and self.cfg.stem in OVERLAPPING_STEMS:
             p = self.cfg.patch_size
             pixels = hidden.to(torch.bool).view(b, t, 1, self.grid, 1, self.grid, 1)
             pixels = pixels.expand(-1, -1, -1, -1, p, -1, p).reshape(b, t, 1, self.grid * p, self.grid * p)
             images = images.masked_fill(pixels, 0.0)
-        if stem_features is None:
-            x = self.patch_embed(images.flatten(0, 1)).flatten(2).transpose(1, 2)  # (B*T, N, D)
+        shared = {} if stem_features is None else {"trunk_features": stem_features}
+        x = self.patch_embed(images.flatten(0, 1), **shared).flatten(2).transpose(1, 2)  # (B*T, N, D)
         x = x.reshape(b, n, self.width)
         if mask is not None:
             x = torch.where(mask.to(torch.bool).unsqueeze(-1), self.mask_token.to(x.dtype), x)

@@ -61,11 +61,6 @@ def sample_hard_negatives(similarity: torch.Tensor, row_keys: torch.Tensor, colu
     return index, valid
 
 
-def cat_padded(tokens: list[torch.Tensor], masks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Concatenate text states (B_i, L_i, D) and masks (B_i, L_i) along the batch, padding to the longest L."""
-    return cat_rows_padded(tokens), cat_rows_padded(masks)
-
-
 NO_CANDIDATE = -1e4  # log-odds of a candidate an anchor does not have: finite, so its softmax share is 0
 
 
@@ -173,7 +168,7 @@ class ITM(Objective):
                 texts.append(ctx.negative_text.tokens)
                 masks.append(negative_mask)
                 images.append(own[ok_n])
-        text_in, mask_in = cat_padded(texts, masks)
+        text_in, mask_in = cat_rows_padded(texts), cat_rows_padded(masks)
         logits = model.itm_logits(text_in, mask_in, all_image, image_index=torch.cat(images))
         n_pos = image.shape[0]  # the positives come first
         labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
