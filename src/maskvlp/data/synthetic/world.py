@@ -1,0 +1,115 @@
+"""The :class:`SyntheticWorld` of one :class:`WorldConfig`: scenes per split, captions, pixels, probes.
+
+It owns the seeds: each scene, and each scene's captions, picture and probes, gets its own
+generator keyed by (seed, purpose, scene), so any of them can be recomputed alone.
+"""
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+
+from maskvlp.config import WorldConfig
+from maskvlp.data.synthetic.captions import write_captions
+from maskvlp.data.synthetic.probes import BindingProbe, _colour_swap_probe, _relation_probe
+from maskvlp.data.synthetic.render import render_scene
+from maskvlp.data.synthetic.scenes import Scene, _pick, _place, choose_heldout_pairs
+from maskvlp.data.synthetic.truth import Caption
+from maskvlp.data.synthetic.vocabulary import (
+    _SPLIT_CODES,
+    _STREAM_CAPTIONS,
+    _STREAM_PROBES,
+    _STREAM_RENDER,
+    COLOURS,
+    LARGE_RADIUS,
+    MATERIALS,
+    MAX_OBJECTS,
+    RADIUS_JITTER,
+    SHAPES,
+    SIZES,
+    SMALL_RADIUS,
+    SPLITS,
+)
+
+
+class SyntheticWorld:
+    """The scene world of one :class:`WorldConfig`: scenes, captions, pictures and probes."""
+
+    def __init__(self, cfg: WorldConfig) -> None:
+        if not 1 <= cfg.min_objects <= cfg.max_objects <= MAX_OBJECTS:
+            raise ValueError(f"need 1 <= min_objects <= max_objects <= {MAX_OBJECTS}, got {cfg.min_objects}, {cfg.max_objects}")
+        if cfg.image_size < 8:
+            raise ValueError(f"image_size must be >= 8, got {cfg.image_size}")
+        if cfg.captions_per_scene < 1:
+            raise ValueError(f"captions_per_scene must be >= 1, got {cfg.captions_per_scene}")
+        self.cfg = cfg
+        self.seed = int(cfg.seed) % (2**63)
+        self.heldout_pairs: frozenset[tuple[str, str]] = choose_heldout_pairs(cfg.heldout_pairs, self.seed)
+        all_pairs = [(c, s) for c in COLOURS for s in SHAPES]
+        self._seen_pairs = [p for p in all_pairs if p not in self.heldout_pairs]
+        self._all_pairs = all_pairs
+        self._scenes: dict[str, list[Scene]] = {}
+        self._captions: dict[Scene, list[Caption]] = {}
+
+    def num_scenes(self, split: str) -> int:
+        """Scenes in a split; "heldout" has as many as "test" (none when no pair is held out)."""
+        sizes = {"train": self.cfg.train_scenes, "val": self.cfg.val_scenes, "test": self.cfg.test_scenes,
+                 "heldout": self.cfg.test_scenes if self.heldout_pairs else 0}
+        if split not in sizes:
+            raise ValueError(f"unknown split {split!r}; choose from {SPLITS}")
+        return sizes[split]
+
+    def scenes(self, split: str) -> list[Scene]:
+        """All scenes of a split (cached; scene i never depends on the others)."""
+        if split not in self._scenes:
+            self._scenes[split] = [self.scene(split, i) for i in range(self.num_scenes(split))]
+        return self._scenes[split]
+
+    def scene(self, split: str, index: int) -> Scene:
+        """Scene ``index`` of ``split``, drawn from its own generator (seed, split, index)."""
+        if split not in _SPLIT_CODES:
+            raise ValueError(f"unknown split {split!r}; choose from {SPLITS}")
+        if split == "heldout" and not self.heldout_pairs:
+            raise ValueError("the heldout split is empty: cfg.heldout_pairs is 0")
+        rng = np.random.default_rng([self.seed, _SPLIT_CODES[split], int(index)])
+        count = int(rng.integers(self.cfg.min_objects, self.cfg.max_objects + 1))
+        forced = int(rng.integers(count)) if split == "heldout" else -1
+        held = sorted(self.heldout_pairs)
+        objs = [self._sample_object(k, rng, _pick(rng, held) if k == forced else None, split) for k in range(count)]
+        placed = _place(objs, rng)
+        if len(placed) < self.cfg.min_objects:
+            raise RuntimeError(f"could not place {count} objects in scene {split}-{index}")
+        return Scene(f"{split}-{index:06d}", split, tuple(o["obj"] for o in placed))
+
+    def _sample_object(self, order: int, rng: np.random.Generator, pair: tuple[str, str] | None, split: str) -> dict:
+        """Attributes of one object; held-out pairs only in the heldout split."""
+        if pair is None:
+            pair = _pick(rng, self._all_pairs if split == "heldout" else self._seen_pairs)
+        size = _pick(rng, SIZES)
+        base = LARGE_RADIUS if size == "large" else SMALL_RADIUS
+        radius = base * float(rng.uniform(1 - RADIUS_JITTER, 1 + RADIUS_JITTER))
+        return {"order": order, "colour": pair[0], "shape": pair[1], "size": size,
+                "material": _pick(rng, MATERIALS), "radius": radius}
+
+    def _scene_rng(self, stream: int, scene: Scene) -> np.random.Generator:
+        """A generator for one purpose and one scene, stable across processes (crc32, not hash)."""
+        return np.random.default_rng([self.seed, stream, zlib.crc32(scene.scene_id.encode("utf-8"))])
+
+    def captions(self, scene: Scene) -> list[Caption]:
+        """``captions_per_scene`` true captions, differently worded and (when possible) different in content."""
+        if scene not in self._captions:
+            rng = self._scene_rng(_STREAM_CAPTIONS, scene)
+            self._captions[scene] = write_captions(scene, self.cfg.captions_per_scene, rng)
+        return list(self._captions[scene])
+
+    def render(self, scene: Scene) -> np.ndarray:
+        """uint8 [image_size, image_size, 3], the same pixels every time."""
+        return render_scene(scene, self.cfg.image_size, self._scene_rng(_STREAM_RENDER, scene))
+
+    def binding_probes(self, scene: Scene) -> list[BindingProbe]:
+        """A colour-swap and a relation probe when the scene allows them (>= 2 objects)."""
+        if len(scene.objects) < 2:
+            return []
+        rng = self._scene_rng(_STREAM_PROBES, scene)
+        probes = [_colour_swap_probe(scene, rng), _relation_probe(scene, rng)]
+        return [p for p in probes if p is not None]
