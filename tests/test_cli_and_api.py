@@ -58,8 +58,13 @@ def test_pretrain_and_evaluate_on_users_albef_json_with_broken_images(tmp_path):
     entries = json.loads(train_json.read_text())
     (train_json.parent / entries[0]["image"]).unlink()  # a missing image
     (train_json.parent / entries[7]["image"]).write_bytes(b"not a png")  # a corrupt one
+    for entry in entries[::3]:  # valid JSON, not valid Unicode: a lone UTF-16 surrogate
+        entry["caption"] += " \ud83d"
+    train_json.write_text(json.dumps(entries))
     test_entries = json.loads(test_json.read_text())
     (test_json.parent / test_entries[1]["image"]).unlink()
+    test_entries[2]["caption"].append("a \udc00 caption")
+    test_json.write_text(json.dumps(test_entries))
     out = tmp_path / "run"
     result = _invoke("pretrain", "--recipe", "albef", *TINY, "train.max_steps=4", f"output_dir={out}",
                      "data.source=json", f"data.train_json=[{train_json}]", f"data.image_root={train_json.parent}",
@@ -113,3 +118,42 @@ def test_api_refuses_itm_for_a_dual_encoder(tmp_path):
     m = maskvlp.load(cfg.output_dir)
     with pytest.raises(ValueError, match="no fusion encoder"):
         m.score([torch.zeros(3, 32, 32)], ["a red circle"], method="itm")
+
+
+def test_api_empty_inputs_give_empty_results(trained_run):
+    import maskvlp
+
+    m = maskvlp.load(trained_run)
+    images, texts = m.embed_images([]), m.embed_texts([])
+    assert images.shape == texts.shape == (0, m.config.model.embed_dim) == (0, 16)
+    assert images.dtype == texts.dtype == m.embed_texts(["a red circle"]).dtype
+    for method in ("itc", "itm"):
+        scores = m.score([], [], method=method)
+        assert scores.shape == (0,) and scores.dtype == torch.float32
+
+
+def test_api_names_the_bad_argument(trained_run, tmp_path):
+    import numpy as np
+    import maskvlp
+
+    m = maskvlp.load(trained_run)
+    img = torch.zeros(3, 32, 32)
+    cases = [
+        (lambda: m.score([img], [None]), r"texts\[0\] must be a str, got NoneType"),
+        (lambda: m.embed_texts("a red circle"), "texts must be a list of strings, not a single str"),
+        (lambda: m.embed_texts(["a", 3]), r"texts\[1\] must be a str, got int"),
+        (lambda: m.embed_images([img, 7]), r"images\[1\] must be a path, a PIL image,.* got int"),
+        (lambda: m.embed_images([np.zeros((32, 32), np.uint8)]), r"images\[0\].*HxWx3 uint8.*\(32, 32\)"),
+        (lambda: m.embed_images([np.zeros((32, 32, 3), np.float32)]), r"images\[0\].*HxWx3 uint8.*float32"),
+        (lambda: m.score([img, torch.zeros(32, 32, 3)], ["a", "b"]), r"images\[1\].*\[3, 32, 32\].*\[32, 32, 3\]"),
+        (lambda: m.embed_images(str(tmp_path / "x.png")), "images must be a list of images, not a single str"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message):
+            call()
+    missing = tmp_path / "no_such.png"
+    with pytest.raises(FileNotFoundError, match=r"images\[0\].*no_such\.png") as err:
+        m.embed_images([missing])
+    assert len(str(err.value).splitlines()) == 1
+    batch = np.zeros((2, 32, 32, 3), np.uint8)  # a batch array still works, as before
+    assert m.embed_images(batch).shape == (2, 16)

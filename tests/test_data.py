@@ -20,7 +20,7 @@ from maskvlp.data.datasets import (
     json_retrieval_set,
     synthetic_retrieval_set,
 )
-from maskvlp.data.tokenizer import Tokenizer, TokenizerNotFound, load_tokenizer
+from maskvlp.data.tokenizer import Tokenizer, TokenizerNotFound, load_tokenizer, normalize_text
 from maskvlp.data.transforms import IMAGE_MEAN, IMAGE_STD, eval_transform, to_tensor, train_transform
 
 
@@ -62,6 +62,15 @@ def test_word_ids_group_word_pieces(tok: Tokenizer) -> None:
     batch = tok.encode(["a frisbee flies", "x"], max_len=16)
     assert batch.word_ids[0].tolist() == [-1, 0, 1, 1, 1, 2, -1]
     assert batch.word_ids[1].tolist() == [-1, 0, -1, -1, -1, -1, -1]  # padding is -1 too
+
+
+def test_lone_surrogates_are_tokenised_as_unknown(tok: Tokenizer) -> None:
+    # valid JSON such as "\\ud83d" loads as a str the Rust tokenizer refuses; it must become [UNK]
+    batch = tok.encode(["\ud83d", "ok \udc00 text"], 16)
+    assert batch.input_ids[0].tolist() == [tok.cls_id, tok.unk_id, tok.sep_id, tok.pad_id, tok.pad_id]
+    assert tok.unk_id in batch.input_ids[1].tolist() and tok.decode(batch.input_ids[1]) == "ok text"
+    assert tok.tokenize("a \ud83d\ude00 b") == tok.tokenize("a \U0001f600 b")  # a pair is its character
+    assert normalize_text("A \ud83d\ude00 \udc00") == "a \U0001f600 \ufffd"
 
 
 def test_missing_vocab_raises_with_hint(tmp_path: Path) -> None:
@@ -230,6 +239,26 @@ def test_json_retrieval_set_skips_missing_image(user_data: dict) -> None:
     batch = rs.image_batch([1, 0])
     assert batch.shape == (2, 3, 16, 16)
     assert torch.allclose(batch[1], eval_transform(16)(Image.open(user_data["root"] / "a.png")))
+
+
+def test_albef_json_repairs_and_counts_lone_surrogates(user_data: dict, tok: Tokenizer) -> None:
+    file = user_data["tmp"] / "surrogates.json"
+    file.write_text(json.dumps([{"image": "a.png", "caption": "\ud83d"},
+                                {"image": "a.png", "caption": ["ok \udc00 text", "fine \ud83d\ude00"]}]))
+    ds = AlbefJsonDataset([file], user_data["root"], 16, 0.5, False)
+    assert ds.repaired_text == 2 and ds.skipped_empty == 0
+    assert ds.captions_of(0) == ("\ufffd",) and ds.captions_of(1) == ("ok \ufffd text", "fine \U0001f600")
+    collate = functools.partial(collate_pretrain, tokenizer=tok, max_len=8)
+    out = collate([ds[0], ds[1]])
+    assert out["num_bad"] == 0 and tok.unk_id in out["input_ids"][0].tolist()
+
+
+def test_json_retrieval_set_texts_with_lone_surrogates_tokenise(user_data: dict, tok: Tokenizer) -> None:
+    file = user_data["tmp"] / "test_surrogates.json"
+    file.write_text(json.dumps([{"image": "a.png", "caption": ["a red \ud83d square", "red"]}]))
+    rs = json_retrieval_set(file, user_data["root"], image_size=16)
+    assert rs.texts == ["a red \ufffd square", "red"]
+    assert tok.encode(rs.texts, 8).input_ids.shape[0] == 2
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,11 +13,9 @@ import json
 import statistics
 from pathlib import Path
 
-import yaml
-
-from maskvlp.config import ConfigError, RunConfig, from_yaml, load_config, to_yaml
+from maskvlp.config import ConfigError, RunConfig, config_differences, from_yaml, load_config
 from maskvlp.engine.checkpoint import atomic_write_text, list_checkpoints
-from maskvlp.engine.logging import console
+from maskvlp.engine.logging import console, read_metrics
 
 HEADLINE = ("img_r1", "txt_r1", "sem_img_r1", "ceiling_img_r1", "binding_colour", "binding_relation", "steps")
 
@@ -42,25 +40,8 @@ def parse_seeds(text: str) -> list[int]:
 
 def _steps_trained(run_dir: Path) -> int | None:
     """The last logged step of a run (its metrics.jsonl), for the table."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    last = None
-    for line in path.read_text().splitlines():
-        if line.strip():
-            last = json.loads(line).get("step", last)
-    return last
-
-
-def _flatten(tree: dict | list, prefix: str = "") -> dict[str, object]:
-    """Dotted keys for every leaf (list items by index: ``objectives.3.weight``)."""
-    flat: dict[str, object] = {}
-    for key, value in (tree.items() if isinstance(tree, dict) else enumerate(tree)):
-        if isinstance(value, (dict, list)) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+    records = read_metrics(run_dir / "metrics.jsonl")
+    return int(records[-1]["step"]) if records else None
 
 
 def check_same_settings(run_dir: Path, cfg: RunConfig, state: str) -> None:
@@ -75,11 +56,9 @@ def check_same_settings(run_dir: Path, cfg: RunConfig, state: str) -> None:
     saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():
         return
-    saved = _flatten(yaml.safe_load(to_yaml(from_yaml(saved_path.read_text()))))
-    wanted = _flatten(yaml.safe_load(to_yaml(cfg)))
-    differ = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k) and k != "output_dir")
+    differ = {k: v for k, v in config_differences(from_yaml(saved_path.read_text()), cfg).items() if k != "output_dir"}
     if differ:
-        shown = ", ".join(f"{k}: {saved.get(k)!r} -> {wanted.get(k)!r}" for k in differ[:4])
+        shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(differ.items())[:4])
         raise ConfigError(f"{run_dir} holds {state} run with other settings ({shown}); "
                           "remove that folder or choose another --output-dir")
 

@@ -19,6 +19,39 @@ from maskvlp.config import RunConfig
 
 ImageLike = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
 METHODS = ("itc", "itm")
+IMAGE_KINDS = "a path, a PIL image, an HxWx3 uint8 array or a normalised [3,H,W] tensor"
+
+
+def _check_texts(texts: Sequence[str]) -> None:
+    """Fail on the caller's line, not deep in the tokenizer (a bare str would be read letter by letter)."""
+    if isinstance(texts, str):
+        raise ValueError("texts must be a list of strings, not a single str")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ValueError(f"texts[{i}] must be a str, got {type(text).__name__}")
+
+
+def _check_image(i: int, img: object, size: int) -> None:
+    """One image of a call, checked before any work so the error names its position."""
+    if isinstance(img, (str, Path)):
+        if not Path(img).is_file():
+            raise FileNotFoundError(f"images[{i}]: no image file at {img}")
+    elif isinstance(img, np.ndarray):
+        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+            raise ValueError(f"images[{i}] must be an HxWx3 uint8 array, got shape {img.shape} {img.dtype}")
+    elif isinstance(img, torch.Tensor):
+        if tuple(img.shape) != (3, size, size) or not img.is_floating_point():
+            raise ValueError(f"images[{i}] must be a normalised float tensor of shape [3, {size}, {size}] "
+                             f"(the model's image size), got {list(img.shape)} {img.dtype}")
+    elif not isinstance(img, Image.Image):
+        raise ValueError(f"images[{i}] must be {IMAGE_KINDS}, got {type(img).__name__}")
+
+
+def _check_images(images: Sequence[ImageLike], size: int) -> None:
+    if isinstance(images, (str, Path, Image.Image)):
+        raise ValueError(f"images must be a list of images, not a single {type(images).__name__}")
+    for i, img in enumerate(images):
+        _check_image(i, img, size)
 
 
 class LoadedModel:
@@ -47,14 +80,26 @@ class LoadedModel:
             out.append(self.image_transform(img))
         return torch.stack(out).to(self.device)
 
+    def _empty(self, *shape: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """What an empty input gives: the shape and dtype a non-empty one would have."""
+        return torch.zeros(*shape, dtype=dtype or next(self.model.vision_proj.parameters()).dtype,
+                           device=self.device)
+
     @torch.no_grad()
     def embed_images(self, images: Sequence[ImageLike], batch_size: int = 64) -> torch.Tensor:
         """L2-normalised ITC embeddings [N, embed_dim]."""
+        _check_images(images, self.config.model.vision.image_size)
+        if len(images) == 0:
+            return self._empty(0, self.config.model.embed_dim)
         return torch.cat([self.model.encode_image(self.preprocess_images(images[i:i + batch_size])).embed
                           for i in range(0, len(images), batch_size)])
 
     @torch.no_grad()
     def embed_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+        """L2-normalised ITC embeddings [N, embed_dim]."""
+        _check_texts(texts)
+        if len(texts) == 0:
+            return self._empty(0, self.config.model.embed_dim)
         out = []
         for i in range(0, len(texts), batch_size):
             b = self.tokenizer.encode(list(texts[i:i + batch_size]), self.config.model.text.max_len)
@@ -67,10 +112,14 @@ class LoadedModel:
         """Score pairs (images[i], texts[i]): ITC cosine similarity, or ITM log p(match) from the fusion encoder."""
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        _check_texts(texts)
+        _check_images(images, self.config.model.vision.image_size)
         if len(images) != len(texts):
             raise ValueError(f"{len(images)} images but {len(texts)} texts: score() takes aligned pairs")
         if method == "itm" and not self.model.has_fusion:
             raise ValueError(f"this {self.config.recipe} model has no fusion encoder; use method='itc'")
+        if len(texts) == 0:
+            return self._empty(0, dtype=torch.float32 if method == "itm" else None).cpu()
         scores = []
         for i in range(0, len(texts), batch_size):
             imgs = self.model.encode_image(self.preprocess_images(images[i:i + batch_size]))

@@ -1,4 +1,4 @@
-"""``maskvlp`` command line: pretrain, evaluate, ablate, recipes.
+"""``maskvlp`` command line: pretrain, evaluate, ablate, data check, recipes.
 
 Settings are ``key=value`` overrides on typed configs (``train.lr=1e-4 model.text.init=scratch``),
 not flags. A user mistake (bad recipe, unknown key, wrong type, missing file) prints one line naming
@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from maskvlp.config import ConfigError, load_config, recipe_names
 
+if TYPE_CHECKING:
+    from maskvlp.data.check import DataCheckReport
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Vision-language pre-training with masked multimodal modeling.")
 evaluate_app = typer.Typer(no_args_is_help=True, help="Evaluate a checkpoint.")
 app.add_typer(evaluate_app, name="evaluate")
+data_app = typer.Typer(no_args_is_help=True, help="Check user data before a run.")
+app.add_typer(data_app, name="data")
 
 OVERRIDES = typer.Argument(None, help="config overrides key=value, e.g. train.time_budget=120 model.text.init=scratch")
 
@@ -51,6 +56,8 @@ def pretrain(
     recipe: str = typer.Option("albef", help=f"recipe name ({', '.join(recipe_names())}) or a .yaml path"),
     size: Optional[str] = typer.Option(None, help="model size: tiny | small | base"),
     resume: Optional[str] = typer.Option(None, help="'latest' or a checkpoint folder"),
+    overwrite: bool = typer.Option(False, help="start over in an output_dir that holds an earlier run (deletes its "
+                                               "checkpoints, metrics and results); without it such a folder is refused"),
     evaluate: bool = typer.Option(True, help="evaluate (and compare with a random init) after training"),
     overrides: Optional[list[str]] = OVERRIDES,
 ) -> None:
@@ -58,7 +65,13 @@ def pretrain(
     from maskvlp.pipeline import pretrain_and_evaluate
 
     cfg = _run(load_config, recipe, size, overrides or [])
-    _run(pretrain_and_evaluate, cfg, resume=resume, evaluate=evaluate)
+    if resume and overwrite:
+        _run(_refuse, "--resume continues a run and --overwrite deletes it: give one of them")
+    _run(pretrain_and_evaluate, cfg, resume=resume, evaluate=evaluate, overwrite=overwrite)
+
+
+def _refuse(message: str) -> None:
+    raise ConfigError(message)
 
 
 @evaluate_app.command("retrieval")
@@ -93,6 +106,40 @@ def ablate(
                      budget, output_dir, overrides or [], steps=steps)
 
     _run(go)
+
+
+def _check_data(recipe: str, overrides: list[str]) -> DataCheckReport:
+    """The data check of the JSON files the config names, with a progress bar on stderr."""
+    from rich.progress import Progress
+
+    from maskvlp.data.check import check_data
+    from maskvlp.engine.logging import console
+
+    cfg = load_config(recipe, None, overrides)
+    if not cfg.data.train_json and not cfg.eval.test_json:
+        raise ConfigError("nothing to check: give data.train_json=[file.json,...] data.image_root=... "
+                          "and/or eval.test_json=file.json eval.image_root=... (synthetic data needs no check)")
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("decoding images", total=None)
+        return check_data(cfg.data.train_json, cfg.data.image_root, cfg.eval.test_json or None, cfg.eval.image_root,
+                          progress=lambda done, total: bar.update(task, completed=done, total=total))
+
+
+@data_app.command("check")
+def data_check(
+    recipe: str = typer.Option("albef", help="recipe name or .yaml path (only its data and eval settings matter)"),
+    overrides: Optional[list[str]] = typer.Argument(
+        None, help="data.train_json=\\[a.json,b.json] data.image_root=DIR eval.test_json=FILE eval.image_root=DIR"),
+) -> None:
+    """Decode every image of data.train_json and eval.test_json; count empty, repaired and bad entries.
+
+    Exit status: 0 every image reads; 1 some are missing or unreadable (listed); 2 a user error.
+    """
+    from maskvlp.data.check import format_report
+
+    report = _run(_check_data, recipe, overrides or [])
+    typer.echo(format_report(report))
+    raise typer.Exit(0 if report.ok else 1)
 
 
 @app.command("recipes")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
@@ -307,6 +307,30 @@ def _apply_objective_overrides(recipe_yaml: dict, changes: list[tuple[str, str, 
             raise ConfigError(f"objectives.{ref}.{field_path}: only 'weight', 'start_step', 'ramp_steps' and 'params.<key>' can be set")
 
 
+SECTIONS = ("model", "data", "train", "eval")  # recipe keys that hold a mapping of settings
+
+
+def _check_recipe_shape(recipe: str, recipe_yaml: Any) -> None:
+    """The recipe's layout, before anything reads it: a mapping whose sections are mappings and whose
+    ``objectives`` is a list of mappings with a ``name`` (else a one-line error, not a TypeError later)."""
+    if not isinstance(recipe_yaml, dict):
+        raise ConfigError(f"recipe {recipe} must be a YAML mapping, got a {type(recipe_yaml).__name__}")
+    for key in SECTIONS:
+        if key in recipe_yaml and not isinstance(recipe_yaml[key], dict):
+            raise ConfigError(f"recipe {recipe}: '{key}' must be a mapping of settings, "
+                              f"got a {type(recipe_yaml[key]).__name__}")
+    objectives = recipe_yaml.get("objectives", [])
+    if not isinstance(objectives, list):
+        raise ConfigError(f"recipe {recipe}: 'objectives' must be a list of {{name: ..., weight: ...}} entries, "
+                          f"got a {type(objectives).__name__}")
+    for i, obj in enumerate(objectives):
+        if not isinstance(obj, dict) or "name" not in obj:
+            raise ConfigError(f"recipe {recipe}: objectives entry {i} must be a mapping with a 'name', got {obj!r}")
+        if "params" in obj and not isinstance(obj["params"], dict):
+            raise ConfigError(f"recipe {recipe}: objectives entry {i} ({obj['name']}): 'params' must be a mapping, "
+                              f"got a {type(obj['params']).__name__}")
+
+
 def load_config(recipe: str = "albef", size: str | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Build the run config: schema defaults < model size < recipe YAML < ``key=value`` overrides."""
     import yaml
@@ -315,8 +339,7 @@ def load_config(recipe: str = "albef", size: str | None = None, overrides: list[
         recipe_yaml = yaml.safe_load(_recipe_text(recipe)) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"recipe {recipe} is not valid YAML: {err}") from None
-    if not isinstance(recipe_yaml, dict):
-        raise ConfigError(f"recipe {recipe} must be a YAML mapping")
+    _check_recipe_shape(recipe, recipe_yaml)
     overrides, objective_changes = _split_objective_overrides(overrides or [])
     _apply_objective_overrides(recipe_yaml, objective_changes)
     size = size or recipe_yaml.get("model", {}).get("size", "tiny")
@@ -340,6 +363,62 @@ def _choice(key: str, value: str, valid: tuple[str, ...]) -> None:
         raise ConfigError(f"bad value for {key!r}: {value!r}; valid choices: {', '.join(valid)}")
 
 
+def _at_least(low: float) -> tuple[Callable[[float], bool], str]:
+    return (lambda v: v >= low), f"must be >= {low:g}"
+
+
+def _above(low: float) -> tuple[Callable[[float], bool], str]:
+    return (lambda v: v > low), f"must be > {low:g}"
+
+
+def _within(low: float, high: float, low_open: bool = False) -> tuple[Callable[[float], bool], str]:
+    if low_open:
+        return (lambda v: low < v <= high), f"must be in ({low:g}, {high:g}]"
+    return (lambda v: low <= v <= high), f"must be in [{low:g}, {high:g}]"
+
+
+# Every numeric setting's valid range, checked before any work starts, so a value that would only fail
+# later (a division by train.log_every=0 after step 1, a crop of scale 0 at the first batch) is a
+# one-line error up front. Keys absent from the table accept any value of their type.
+RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "model.vision.image_size": _at_least(1), "model.vision.patch_size": _at_least(1),
+    "model.vision.width": _at_least(1), "model.vision.depth": _at_least(0), "model.vision.heads": _at_least(1),
+    "model.vision.mlp_ratio": _above(0), "model.vision.max_frames": _at_least(1),
+    "model.text.vocab_size": _at_least(1), "model.text.width": _at_least(1), "model.text.depth": _at_least(0),
+    "model.text.heads": _at_least(1), "model.text.intermediate": _at_least(1), "model.text.max_len": _at_least(2),
+    "model.fusion.depth": _at_least(0), "model.embed_dim": _at_least(1), "model.dropout": _within(0, 0.99),
+    "model.temperature": _within(0, 1, low_open=True), "model.momentum": _within(0, 1),
+    "model.queue_size": _at_least(0),
+    "data.crop_scale_min": _within(0, 1, low_open=True), "data.max_bad_fraction": _within(0, 1),
+    "data.num_workers": _at_least(0), "data.lexical_pool": _at_least(1),
+    "data.world.image_size": _at_least(8), "data.world.train_scenes": _at_least(1),
+    "data.world.val_scenes": _at_least(0), "data.world.test_scenes": _at_least(1),
+    "data.world.captions_per_scene": _at_least(1), "data.world.min_objects": _at_least(1),
+    "data.world.heldout_pairs": _at_least(0),
+    "train.batch_size": _at_least(1), "train.grad_accum": _at_least(1), "train.lr": _above(0),
+    "train.text_lr": _above(0), "train.tower_lr": _at_least(0), "train.weight_decay": _at_least(0),
+    "train.warmup_steps": _at_least(0), "train.max_steps": _at_least(1), "train.time_budget": _at_least(0),
+    "train.min_lr_ratio": _within(0, 1), "train.grad_clip": _at_least(0), "train.threads": _at_least(0),
+    "train.log_every": _at_least(1), "train.ckpt_every": _at_least(1), "train.keep_checkpoints": _at_least(0),
+    "train.max_nonfinite": _at_least(0),
+    "eval.num_images": _at_least(1), "eval.itm_k": _at_least(1), "eval.batch_size": _at_least(1),
+}
+
+
+def _setting(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _check_ranges(cfg: RunConfig) -> None:
+    for key, (ok, rule) in RANGES.items():
+        value = _setting(cfg, key)
+        if not ok(value):
+            hint = " (0 = train.lr)" if key == "train.tower_lr" else ""
+            raise ConfigError(f"bad value for {key!r}: {value}; {rule}{hint}")
+
+
 def validate(cfg: RunConfig) -> None:
     """Checks OmegaConf cannot express: choices, ranges and cross-field consistency."""
     from maskvlp.objectives import objective_names  # late import: objectives import config
@@ -355,21 +434,22 @@ def validate(cfg: RunConfig) -> None:
                           f"got {cfg.model.vision.patch_size}")
     _choice("data.batching", cfg.data.batching, BATCHINGS)
     _choice("eval.itm_score", cfg.eval.itm_score, ITM_SCORES)
-    if cfg.data.lexical_pool < 1:
-        raise ConfigError(f"bad value for 'data.lexical_pool': {cfg.data.lexical_pool}; must be >= 1")
     _choice("data.source", cfg.data.source, DATA_SOURCES)
     if cfg.model.text.init == "hf" and not cfg.model.text.checkpoint:
         raise ConfigError("model.text.init=hf needs model.text.checkpoint=<folder of a HF BERT checkpoint>")
     if cfg.model.vision.image_size % cfg.model.vision.patch_size:
         raise ConfigError("model.vision.image_size must be a multiple of model.vision.patch_size")
-    for key, value in (("train.batch_size", cfg.train.batch_size), ("train.grad_accum", cfg.train.grad_accum)):
-        if value < 1:
-            raise ConfigError(f"bad value for {key!r}: {value}; must be >= 1")
-    for key, value in (("train.lr", cfg.train.lr), ("train.text_lr", cfg.train.text_lr)):
-        if value <= 0:
-            raise ConfigError(f"bad value for {key!r}: {value}; must be > 0")
-    if cfg.train.tower_lr < 0:
-        raise ConfigError(f"bad value for 'train.tower_lr': {cfg.train.tower_lr}; must be > 0 (or 0: train.lr)")
+    _check_ranges(cfg)
+    for section, width, heads in (("vision", cfg.model.vision.width, cfg.model.vision.heads),
+                                  ("text", cfg.model.text.width, cfg.model.text.heads)):
+        if width % heads:
+            raise ConfigError(f"model.{section}.width={width} must be a multiple of model.{section}.heads={heads}")
+    if cfg.model.text.max_len > cfg.model.text.max_positions:
+        raise ConfigError(f"model.text.max_len={cfg.model.text.max_len} exceeds model.text.max_positions="
+                          f"{cfg.model.text.max_positions}")
+    if cfg.data.world.max_objects < cfg.data.world.min_objects:
+        raise ConfigError(f"data.world.max_objects={cfg.data.world.max_objects} is below data.world.min_objects="
+                          f"{cfg.data.world.min_objects}")
     if cfg.data.source == "json" and not cfg.data.train_json:
         raise ConfigError("data.source=json needs data.train_json=[file.json,...]")
     if not cfg.objectives:
@@ -392,6 +472,27 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
         raise _friendly(err, schema) from None
     validate(out)
     return out
+
+
+def _flatten(tree: dict | list, prefix: str = "") -> dict[str, object]:
+    """Dotted keys for every leaf (list items by index: ``objectives.3.weight``)."""
+    flat: dict[str, object] = {}
+    for key, value in (tree.items() if isinstance(tree, dict) else enumerate(tree)):
+        if isinstance(value, (dict, list)) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_differences(a: RunConfig, b: RunConfig) -> dict[str, tuple[object, object]]:
+    """``{dotted key: (value in a, value in b)}`` for every setting that differs, sorted by key."""
+    import yaml
+
+    flat_a = _flatten(yaml.safe_load(to_yaml(a)))
+    flat_b = _flatten(yaml.safe_load(to_yaml(b)))
+    return {k: (flat_a.get(k), flat_b.get(k)) for k in sorted(flat_a.keys() | flat_b.keys())
+            if flat_a.get(k) != flat_b.get(k)}
 
 
 def to_yaml(cfg: RunConfig) -> str:

@@ -40,7 +40,7 @@ def retrieval_set_for(cfg: RunConfig, show_progress: bool = True):
 
 
 def evaluate_modules(models: dict[str, Pretrainer], cfg: RunConfig, out_dir: Path, title: str,
-                     show_progress: bool = True) -> dict[str, dict[str, float]]:
+                     show_progress: bool = True, extra_notes: list[str] | None = None) -> dict[str, dict[str, float]]:
     """Evaluate each named model on the same set; write results.json / results.md and print the table."""
     from maskvlp.data.tokenizer import load_tokenizer
 
@@ -55,13 +55,15 @@ def evaluate_modules(models: dict[str, Pretrainer], cfg: RunConfig, out_dir: Pat
     notes = [f"{rset.num_images} images, {len(rset.texts)} captions ({cfg.eval.test_json or 'synthetic ' + cfg.eval.split})"]
     if rset.skipped_images:
         notes.append(f"{rset.skipped_images} unreadable or caption-less images skipped")
+    notes.extend(extra_notes or [])
     if rset.truth is not None:
         notes.append("sem_*: a hit is any image the caption is true of; ceiling_img_r1: the best COCO-protocol "
                      "R@1 any model can reach (captions that fit several images); binding_*: true caption scored "
                      "above its colour-swapped / relation-reversed twin (chance 50%)")
-    write_report(results, out_dir, title, notes)
+    json_path, md_path = write_report(results, out_dir, title, notes)
     if show_progress:
         print_table(results, title)
+        console.print(f"results: {md_path} and {json_path.name}", highlight=False, soft_wrap=True)
     return results
 
 
@@ -74,9 +76,14 @@ def random_init_like(cfg: RunConfig) -> Pretrainer:
 
 
 def pretrain_and_evaluate(cfg: RunConfig, resume: str | None = None, evaluate: bool = True,
-                          show_progress: bool = True) -> tuple[TrainResult, dict | None]:
-    result = train(cfg, resume=resume, show_progress=show_progress)
-    if not evaluate or not init_distributed().is_main or result.checkpoint is None:
+                          show_progress: bool = True, overwrite: bool = False) -> tuple[TrainResult, dict | None]:
+    result = train(cfg, resume=resume, show_progress=show_progress, overwrite=overwrite)
+    is_main = init_distributed().is_main
+    if is_main and show_progress:
+        for line in result.data_report():
+            console.print(line, highlight=False, soft_wrap=True)
+        console.print(f"checkpoint: {result.checkpoint} (run folder {result.output_dir})", highlight=False, soft_wrap=True)
+    if not evaluate or not is_main or result.checkpoint is None:
         return result, None
     trained = load_pretrainer(result.checkpoint)
     models = {"trained": trained}
@@ -84,7 +91,7 @@ def pretrain_and_evaluate(cfg: RunConfig, resume: str | None = None, evaluate: b
         models["random init"] = random_init_like(cfg)
     title = (f"{cfg.recipe} ({cfg.model.size}, text.init={cfg.model.text.init}): {result.steps} steps, "
              f"{result.seconds / 60:.1f} min, {result.samples:,} samples")
-    results = evaluate_modules(models, cfg, Path(cfg.output_dir) / "eval", title, show_progress)
+    results = evaluate_modules(models, cfg, Path(cfg.output_dir) / "eval", title, show_progress, result.data_report())
     return result, results
 
 

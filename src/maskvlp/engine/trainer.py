@@ -11,7 +11,7 @@ import dataclasses
 import functools
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from maskvlp.config import RunConfig, to_yaml
 from maskvlp.engine import checkpoint as ckpt
+from maskvlp.engine import run_folder
 from maskvlp.engine.batches import DataError, StepBatches, StepSampler
 from maskvlp.engine.distributed import DistInfo, barrier, init_distributed, reduce_mean
 from maskvlp.engine.logging import MetricsLogger, TrainProgress, console
@@ -46,7 +47,17 @@ class TrainResult:
     seconds: float
     samples: int
     losses: list[float]
-    bad_samples: int
+    bad_samples: int  # sampled entries that were unreadable (each replaced by a readable stand-in)
+    seen_samples: int = 0  # sampled entries, read or not
+    data_notes: list[str] = field(default_factory=list)  # what loading the data dropped or repaired
+
+    def data_report(self) -> list[str]:
+        """One line per thing a user should know about their data, for the console and results.md."""
+        lines = list(self.data_notes)
+        if self.bad_samples:
+            lines.append(f"training: {self.bad_samples:,} of {self.seen_samples:,} sampled entries had an unreadable "
+                         f"image and were replaced by readable ones ({100 * self.bad_samples / self.seen_samples:.1f}%)")
+        return lines
 
 
 def text_specials(tokenizer: Any) -> TextSpecials:
@@ -88,10 +99,40 @@ def _all_finite(loss: torch.Tensor) -> bool:
     return bool(flag.item() == 1.0)
 
 
+def data_notes(dataset: Any) -> list[str]:
+    """What loading the training set dropped or repaired (user JSON files; nothing for the synthetic world)."""
+    notes = []
+    if getattr(dataset, "skipped_empty", 0):
+        notes.append(f"training data: {dataset.skipped_empty:,} entries dropped at load: every caption empty")
+    if getattr(dataset, "repaired_text", 0):
+        notes.append(f"training data: {dataset.repaired_text:,} captions held invalid characters (lone UTF-16 "
+                     "surrogates), read with U+FFFD in their place")
+    return notes
+
+
+def _open_run_folder(cfg: RunConfig, resume: str | None, overwrite: bool, info: DistInfo, say: Callable[[str], None]) -> Path | None:
+    """Claim ``output_dir`` for a new run, or find the checkpoint to resume and check its settings."""
+    out = Path(cfg.output_dir)
+    if resume is None:
+        message = run_folder.claim_for_new_run(out, overwrite, info.is_main)
+        if message:
+            say(message)
+        barrier()
+        path = None
+    else:
+        path = ckpt.resolve_checkpoint(resume, out)
+        run_folder.check_resume_settings(path, cfg)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        ckpt.atomic_write_text(out / "config.yaml", to_yaml(cfg))
+    return path
+
+
 def train(cfg: RunConfig, resume: str | None = None, show_progress: bool = True,
-          stop_after: int | None = None) -> TrainResult:
+          stop_after: int | None = None, overwrite: bool = False) -> TrainResult:
     """Pre-train per ``cfg``; ``resume`` is ``latest`` or a checkpoint path. ``stop_after`` ends the
-    run early after that many optimizer steps (as a kill would), leaving the schedule untouched."""
+    run early after that many optimizer steps (as a kill would), leaving the schedule untouched.
+    A new run refuses an ``output_dir`` that holds another run's checkpoint unless ``overwrite``."""
     from maskvlp.data.datasets import collate_pretrain
     from maskvlp.data.tokenizer import load_tokenizer
 
@@ -101,31 +142,39 @@ def train(cfg: RunConfig, resume: str | None = None, show_progress: bool = True,
         torch.set_num_threads(tc.threads)
     device = torch.device(f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu")
     out = Path(cfg.output_dir)
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        ckpt.atomic_write_text(out / "config.yaml", to_yaml(cfg))
+    talk = info.is_main and show_progress
+
+    def say(line: str) -> None:
+        if talk:
+            console.print(line, highlight=False, soft_wrap=True)
+
+    resume_from = _open_run_folder(cfg, resume, overwrite, info, say)
+    say(f"run folder: {out} (config.yaml, metrics.jsonl, checkpoints/)")
     precision = resolve_precision(tc.precision, device)
 
     tokenizer = load_tokenizer()
     specials = text_specials(tokenizer)
-    with console.status("building the training set", spinner="dots") if info.is_main and show_progress else contextlib.nullcontext():
+    with console.status("building the training set", spinner="dots") if talk else contextlib.nullcontext():
         dataset = build_pretrain_dataset(cfg)
+    notes = data_notes(dataset)
+    for line in notes:
+        say(line)
     torch.manual_seed(tc.seed)
     module = Pretrainer(cfg, specials, load_pretrained=resume is None).to(device)
     optimizer = make_optimizer(module, module.model, tc)
 
     progress_state: dict[str, Any] = {"step": 0, "total": tc.max_steps, "elapsed": 0.0, "bad": 0, "seen": 0}
     last_ckpt: Path | None = None
-    if resume is not None:
-        path = ckpt.resolve_checkpoint(resume, out)
-        ckpt.load_weights(path, module)
-        saved = ckpt.load_state(path)
+    if resume_from is not None:
+        ckpt.load_weights(resume_from, module)
+        saved = ckpt.load_state(resume_from)
         optimizer.load_state_dict(saved["optimizer"])
         progress_state.update(saved["progress"])
         torch.set_rng_state(saved["rng_cpu"])
-        last_ckpt = path  # resuming a finished run leaves this as the result
-        if info.is_main and show_progress:
-            console.print(f"resumed from {path} at step {progress_state['step']}")
+        last_ckpt = resume_from  # resuming a finished run leaves this as the result
+        done_already = progress_state["step"] >= progress_state["total"]
+        say(f"{resume_from} finished the run at step {progress_state['step']}: nothing left to train" if done_already
+            else f"resumed from {resume_from} at step {progress_state['step']} of {progress_state['total']}")
     # find_unused_parameters: a composed recipe may leave parts without gradient in a step (no ITC -> the
     # contrastive projections; MIM alone -> the last text block), which plain DDP would wait for forever
     ddp = DistributedDataParallel(module, find_unused_parameters=True) if info.world_size > 1 else module
@@ -141,7 +190,7 @@ def train(cfg: RunConfig, resume: str | None = None, show_progress: bool = True,
         batches, batch_size=None, sampler=StepSampler(start * tc.grad_accum, tc.max_steps * tc.grad_accum),
         num_workers=cfg.data.num_workers, persistent_workers=False)
 
-    logger = MetricsLogger(out, info.is_main, resume_step=start if resume else None)
+    logger = MetricsLogger(out, info.is_main, resume_step=start if resume_from is not None else None)
     bar = TrainProgress(int(progress_state["total"]), info.is_main and show_progress, start=start)
     step, total = start, int(progress_state["total"])
     elapsed0, t0 = float(progress_state["elapsed"]), time.monotonic()
@@ -175,7 +224,8 @@ def train(cfg: RunConfig, resume: str | None = None, show_progress: bool = True,
                 step += 1
                 continue
             nonfinite = 0
-            grad_norm = torch.nn.utils.clip_grad_norm_(module.trainable_parameters(), tc.grad_clip) if tc.grad_clip > 0 else torch.tensor(0.0)
+            log_now = step + 1 == total or (step + 1) % tc.log_every == 0
+            grad_norm = _grad_norm(module, tc.grad_clip, log_now)
             optimizer.step()
             module.after_step()
             step += 1
@@ -188,9 +238,10 @@ def train(cfg: RunConfig, resume: str | None = None, show_progress: bool = True,
                 total = _agree(calibrated, "min", device) if _calibration_due(step, total) else calibrated
                 bar.set_total(total)
             if step % tc.log_every == 0 or step == total:
-                logger.log(step, {"loss": step_loss, **metrics, "lr": optimizer.param_groups[-1]["lr"],
-                                  "grad_norm": float(grad_norm), "samples_per_s": tc.batch_size / dt,
-                                  "elapsed_s": elapsed, "bad_samples": progress_state["bad"]})
+                grad = {} if grad_norm is None else {"grad_norm": float(grad_norm)}
+                logger.log(step, {"loss": step_loss, **metrics, "lr": optimizer.param_groups[-1]["lr"], **grad,
+                                  "samples_per_s": tc.batch_size / dt, "elapsed_s": elapsed,
+                                  "bad_samples": progress_state["bad"]})
             bar.update(step, f"loss {step_loss:.3f} · {tc.batch_size / dt:.0f} samples/s")
             progress_state.update(step=step, total=total, elapsed=elapsed)
             out_of_time = tc.time_budget > 0 and _agree(int(elapsed >= tc.time_budget), "max", device) == 1
@@ -208,7 +259,19 @@ def train(cfg: RunConfig, resume: str | None = None, show_progress: bool = True,
     seconds = time.monotonic() - t0
     if info.is_main:
         _plot(out)
-    return TrainResult(out, last_ckpt, step, seconds, (step - start) * tc.batch_size, losses, progress_state["bad"])
+    return TrainResult(out, last_ckpt, step, seconds, (step - start) * tc.batch_size, losses, progress_state["bad"],
+                       progress_state["seen"], notes)
+
+
+def _grad_norm(module: Pretrainer, clip: float, wanted: bool) -> torch.Tensor | None:
+    """The global gradient norm before clipping: computed every step when clipping needs it, else only
+    on the steps that log it (None otherwise: never a placeholder 0 that reads as "no gradient")."""
+    params = module.trainable_parameters()
+    if clip > 0:
+        return torch.nn.utils.clip_grad_norm_(params, clip)
+    if not wanted:
+        return None
+    return torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
 
 
 def _calibration_due(step: int, total: int) -> bool:
@@ -244,8 +307,8 @@ def _agree(value: int, op: str, device: torch.device) -> int:
 def _check_bad_fraction(state: dict, limit: float) -> None:
     seen, bad = state["seen"], state["bad"]
     if seen >= 200 and bad / seen > limit:
-        raise DataError(f"{bad} of {seen} samples were unreadable ({100 * bad / seen:.1f}% > data.max_bad_fraction="
-                        f"{100 * limit:.1f}%); run `maskvlp data check` or fix the image paths")
+        raise DataError(f"{bad} of {seen} sampled entries had an unreadable image ({100 * bad / seen:.1f}% > "
+                        f"data.max_bad_fraction={100 * limit:.1f}%); `maskvlp data check` lists them, or fix the image paths")
 
 
 def _save(out: Path, step: int, module: Pretrainer, optimizer, state: dict, cfg: RunConfig, info: DistInfo) -> Path | None:

@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from maskvlp.engine.logging import read_metrics
+
 Results = Mapping[str, Mapping[str, float]]
 
 COLUMNS: tuple[str, ...] = (
@@ -122,22 +124,6 @@ def write_report(results: Results, out_dir: Path, title: str, notes: list[str] |
 # --------------------------------------------------------------------------------------------
 # Curves
 # --------------------------------------------------------------------------------------------
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Records with a numeric ``step``; blank or torn lines (a run killed mid-write) are skipped."""
-    records = []
-    path = Path(path)
-    if not path.exists():
-        return records
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict) and _is_number(rec.get("step")):
-            records.append(rec)
-    return records
-
-
 def _is_number(v: Any) -> bool:
     """A finite int/float that is not a bool."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
@@ -176,7 +162,7 @@ def plot_curves(jsonl_path: Path, out_png: Path, keys: list[str] | None = None) 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    records = read_jsonl(jsonl_path)
+    records = read_metrics(jsonl_path)
     keys = [k for k in (keys if keys is not None else _loss_keys(records)) if k != "lr"]
     curves = {k: s for k in keys if (s := _series(records, k))[0]}
     lr = _series(records, "lr")

@@ -10,7 +10,6 @@ the binding test scored by its MLM head (row ``mlm``, :mod:`maskvlp.eval.mlm_bin
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -21,9 +20,8 @@ from maskvlp.config import EvalConfig
 from maskvlp.eval import metrics as M
 from maskvlp.eval.mlm_binding import PROBE_KINDS, mlm_binding
 from maskvlp.eval.rerank import recall_from_two, rerank_both, rerank_both_cost
-from maskvlp.engine.logging import console
+from maskvlp.engine.logging import task_progress
 from maskvlp.models.vlp import Encoded, VLPModel
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 RERANK_CHUNK = 4096  # pairs handed to the scorer at once; it sub-batches them by text length
 
@@ -129,8 +127,8 @@ def evaluate_retrieval(model: VLPModel, tokenizer, rset, cfg: EvalConfig, max_le
         score = itm_scorer(model, images, texts, cfg.batch_size, "logit" if albef else "log_p")
         pairs = rerank_both_cost(sim, cfg.itm_k)
         name = f"itm k={cfg.itm_k}"
-        with _progress(show_progress, f"{label} ITM re-rank (k={cfg.itm_k}, {rset.num_images} images, "
-                                      f"{len(rset.texts)} captions)", pairs) as advance:
+        with task_progress( f"{label} ITM re-rank (k={cfg.itm_k}, {rset.num_images} images, "
+                                      f"{len(rset.texts)} captions)", pairs, show_progress) as advance:
             i2t, t2i = rerank_both(sim, cfg.itm_k, score, RERANK_CHUNK, progress=advance, itc_weight=float(albef))
         rows[name] = _metrics(i2t, t2i, txt2img, truth)
         if probes is not None:
@@ -140,18 +138,6 @@ def evaluate_retrieval(model: VLPModel, tokenizer, rset, cfg: EvalConfig, max_le
                                   tokenizer.mask_id, cfg.batch_size)
     model.train()
     return rows
-
-
-@contextlib.contextmanager
-def _progress(enabled: bool, description: str, total: int):
-    """A progress bar over fusion passes; yields the callback that reports how many are done."""
-    if not enabled:
-        yield None
-        return
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=console) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda done: bar.update(task, completed=done)
 
 
 def _metrics(i2t: torch.Tensor, t2i: torch.Tensor, txt2img: torch.Tensor, truth: torch.Tensor | None) -> dict[str, float]:

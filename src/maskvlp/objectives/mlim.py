@@ -274,11 +274,11 @@ class MLIM(Objective):
         err, present = per_image_recon_error(out.recon, out.target, out.region, self.recon_reduction)
         recon = err.sum() / mean_over_ranks_denominator(int(present.sum()))
         loss = mlm + self.recon_weight * recon
-        with torch.no_grad():
-            acc = (out.mlm_logits.argmax(-1) == out.mlm_labels).float().mean() if per_token.numel() else torch.zeros(())
-            mse, _ = per_image_recon_error(out.recon, out.target, out.region, "mean")
-            mse = mse.sum() / max(int(present.sum()), 1)
-        return ObjectiveOutput(loss, {
-            "mlim_mlm": float(mlm.detach()), "mlim_recon": float(recon.detach()),
-            "mlim_mlm_acc": float(acc), "mlim_recon_mse": float(mse),
-        })
+        metrics = {"mlim_mlm": float(mlm.detach()), "mlim_recon": float(recon.detach())}
+        with torch.no_grad():  # no accuracy or error where nothing was masked (not a 0 that reads as "all wrong")
+            if per_token.numel():
+                metrics["mlim_mlm_acc"] = float((out.mlm_logits.argmax(-1) == out.mlm_labels).float().mean())
+            if int(present.sum()):
+                mse, _ = per_image_recon_error(out.recon, out.target, out.region, "mean")
+                metrics["mlim_recon_mse"] = float(mse.sum() / int(present.sum()))
+        return ObjectiveOutput(loss, metrics)
