@@ -150,6 +150,18 @@ def test_resume_survives_a_torn_metrics_line(tmp_path):
     assert [r["step"] for r in _rows(run)] == [1, 2, 3, 4]
 
 
+def test_resuming_a_run_that_ran_out_of_time_trains_nothing(tmp_path):
+    """A time budget ends a run before the step count it was sized to; that run is finished: resuming
+    it (to evaluate again, say) must not train one more step (it did: the saved schedule said 100000)."""
+    cfg = tiny_config(tmp_path, "clip", *FP32, "train.time_budget=1", "train.max_steps=100000")
+    first = train(cfg, show_progress=False)
+    run = Path(cfg.output_dir)
+    metrics, weights = (run / "metrics.jsonl").read_text(), _weights(run)
+    again = train(cfg, resume="latest", show_progress=False)
+    assert again.steps == first.steps and again.checkpoint == first.checkpoint
+    assert (run / "metrics.jsonl").read_text() == metrics and _same_weights(_weights(run), weights) == 0
+
+
 def test_resume_with_other_settings_is_refused_and_names_them(tmp_path):
     cfg = tiny_config(tmp_path, "albef", *FP32, "train.max_steps=3")
     train(cfg, show_progress=False)
@@ -225,6 +237,13 @@ def test_progress_without_a_terminal_prints_whole_lines(monkeypatch):
     lines = buffer.getvalue().splitlines()
     assert lines == [f"{description}: 50/100 (0 s)", f"{description}: 100/100 (0 s)",
                      f"{description}: 100/100 done in 0 s"]
+    buffer.seek(0)
+    buffer.truncate()
+    bar = mlog.TrainProgress(1000, True)  # a time budget ends the run at step 17 of the 1000 it was sized to
+    for step in range(1, 18):
+        bar.update(step, f"loss {5 - step / 10:.1f}")
+    bar.close()
+    assert buffer.getvalue().splitlines() == ["train 1/1000 loss 4.9", "train 17/1000 loss 3.3"]
 
 
 # --------------------------------------------------------------------------------------------

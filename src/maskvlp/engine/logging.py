@@ -90,6 +90,8 @@ class TrainProgress:
         self.last = 0.0
         self.total = total
         self.progress = None
+        self.pending: tuple[int, str] | None = None  # the last step reported, for close()
+        self.printed = -1
         if enabled and self.tty:
             self.progress = Progress(
                 TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
@@ -109,11 +111,20 @@ class TrainProgress:
             self.progress.update(self.task, completed=step, info=info)
         elif time.monotonic() - self.last > self.every_s or step >= self.total:
             self.last = time.monotonic()
-            console.print(f"train {step}/{self.total} {info}", highlight=False, soft_wrap=True)
+            self._print(step, info)
+        self.pending = (step, info)
+
+    def _print(self, step: int, info: str) -> None:
+        console.print(f"train {step}/{self.total} {info}", highlight=False, soft_wrap=True)
+        self.printed = step
 
     def close(self) -> None:
+        """Stop the bar; without a terminal, print the last step if the periodic lines missed it (a
+        time budget ends the run before the step count it was sized to)."""
         if self.progress is not None:
             self.progress.stop()
+        elif self.enabled and self.pending is not None and self.pending[0] != self.printed:
+            self._print(*self.pending)
 
 
 @contextlib.contextmanager

@@ -243,13 +243,14 @@ def train(cfg: RunConfig, resume: str | None = None, show_progress: bool = True,
                                   "samples_per_s": tc.batch_size / dt, "elapsed_s": elapsed,
                                   "bad_samples": progress_state["bad"]})
             bar.update(step, f"loss {step_loss:.3f} · {tc.batch_size / dt:.0f} samples/s")
-            progress_state.update(step=step, total=total, elapsed=elapsed)
             out_of_time = tc.time_budget > 0 and _agree(int(elapsed >= tc.time_budget), "max", device) == 1
             done = step >= total or out_of_time
+            if done:
+                total = step  # saved so: a run that ran out of time is finished, and resuming it trains nothing
+            progress_state.update(step=step, total=total, elapsed=elapsed)
             if step % tc.ckpt_every == 0 or done or (stop_after is not None and step - start >= stop_after):
                 last_ckpt = _save(out, step, module, optimizer, progress_state, cfg, info)
             if done:
-                total = step
                 break
             if stop_after is not None and step - start >= stop_after:
                 break
