@@ -163,7 +163,8 @@ def test_a_step_shares_the_frozen_trunk_between_student_and_teacher(tmp_path, tr
     from maskvlp.data.tokenizer import load_tokenizer
     from maskvlp.engine.pretrainer import Pretrainer
     from maskvlp.engine.trainer import text_specials
-    from maskvlp.objectives.context import Batch, StepContext
+    from maskvlp.data.batch import Batch
+    from maskvlp.objectives.context import StepContext
 
     cfg = tiny_config(tmp_path, "albef", f"model.vision.stem_trainable={trainable}")
     tokenizer = load_tokenizer()

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from maskvlp.eval.metrics import binding_accuracy, coco_ceiling, recall_at_k, semantic_recall_at_1
-from maskvlp.eval.report import markdown_table, plot_curves, print_table, write_report
+from maskvlp.engine.curves import plot_curves  # drawn by the engine after training, not by evaluation
+from maskvlp.eval.report import markdown_table, print_table, write_report
 from maskvlp.eval.rerank import recall_from_two, rerank_both, rerank_both_cost, rerank_cost, rerank_topk, shortlist
 
 NINF = float("-inf")

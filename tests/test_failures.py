@@ -23,7 +23,7 @@ from maskvlp.config import ConfigError
 from maskvlp.engine import checkpoint as ckpt
 from maskvlp.engine import logging as mlog
 from maskvlp.engine.batches import StepBatches
-from maskvlp.engine.distributed import DistInfo
+from maskvlp.distributed import DistInfo
 from maskvlp.engine.run_folder import RunFolderInUse
 from maskvlp.engine.trainer import train
 

@@ -17,7 +17,7 @@ from maskvlp.data.datasets import AlbefJsonDataset, SyntheticPretrainDataset
 from maskvlp.data.lexical import LexicalIndex, choose_partners
 from maskvlp.data.synthetic import SyntheticWorld
 from maskvlp.engine.batches import DataError, StepBatches
-from maskvlp.engine.distributed import DistInfo
+from maskvlp.distributed import DistInfo
 
 CAPTIONS = [["a red circle and a blue square", "two objects"], ["a blue circle and a red square"],
             ["a green star"], ["", "a red circle"], ["a red circle and a blue square to its left", "a red circle"]]

@@ -11,7 +11,8 @@ from conftest import tiny_config
 from maskvlp.config import ConfigError
 from maskvlp.engine.pretrainer import Pretrainer
 from maskvlp.objectives import mamo as mamo_mod  # noqa: F401  (registration)
-from maskvlp.objectives.context import Batch, StepContext
+from maskvlp.data.batch import Batch
+from maskvlp.objectives.context import StepContext
 from maskvlp.objectives.mamo import (normalise_targets, regression_per_item, reinsert_mask_embedding)
 from test_objectives import CAPTIONS, SPECIALS, TOKENIZER
 

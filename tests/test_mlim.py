@@ -14,7 +14,8 @@ from maskvlp.config import ConfigError
 from maskvlp.data.transforms import IMAGE_MEAN, IMAGE_STD
 from maskvlp.engine.pretrainer import Pretrainer
 from maskvlp.masking import mask_counts, modality_aware_mask
-from maskvlp.objectives.context import Batch, StepContext
+from maskvlp.data.batch import Batch
+from maskvlp.objectives.context import StepContext
 from maskvlp.objectives.mlim import MLIM, per_image_recon_error, pixel_region, upsample_factors
 from test_objectives import CAPTIONS, SPECIALS, TOKENIZER
 

@@ -16,7 +16,8 @@ from maskvlp.engine.pretrainer import Pretrainer
 from maskvlp.engine.trainer import text_specials
 from maskvlp.negatives import ATTRIBUTE_WORDS, WordLexicon, perturb_batch, perturb_caption, split_words
 from maskvlp.objectives import build_objective
-from maskvlp.objectives.context import Batch, step_generator
+from maskvlp.data.batch import Batch
+from maskvlp.objectives.context import step_generator
 
 TOKENIZER = load_tokenizer()
 LEXICON = WordLexicon.from_tokenizer(TOKENIZER)

@@ -13,7 +13,7 @@ from maskvlp.data.tokenizer import load_tokenizer
 from maskvlp.engine.pretrainer import Pretrainer
 from maskvlp.engine.trainer import text_specials
 from maskvlp.masking import bert_text_mask, exact_count_mask
-from maskvlp.objectives.context import Batch
+from maskvlp.data.batch import Batch
 from maskvlp.objectives.itc import FeatureQueue, positive_targets, soft_cross_entropy
 from maskvlp.objectives import build_objective
 from maskvlp.objectives.itm import sample_hard_negatives

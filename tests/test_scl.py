@@ -13,7 +13,8 @@ from maskvlp.config import ConfigError, ObjectiveConfig
 from maskvlp.engine.pretrainer import Pretrainer
 from maskvlp.objectives import build_objective
 from maskvlp.objectives import scl as scl_module  # registers "scl"
-from maskvlp.objectives.context import Batch, StepContext
+from maskvlp.data.batch import Batch
+from maskvlp.objectives.context import StepContext
 from maskvlp.objectives.scl import SCL, completion_nce
 from test_objectives import CAPTIONS, SPECIALS, TOKENIZER, _batch
 

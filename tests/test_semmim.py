@@ -12,7 +12,8 @@ from conftest import TINY, tiny_config
 from maskvlp.config import ConfigError, load_config
 from maskvlp.engine.pretrainer import Pretrainer
 from maskvlp.objectives import build_objective
-from maskvlp.objectives.context import Batch, StepContext
+from maskvlp.data.batch import Batch
+from maskvlp.objectives.context import StepContext
 from maskvlp.objectives.semmim import SemMIM, centred_sharpened_ce
 from test_objectives import SPECIALS, _batch
 

@@ -12,7 +12,8 @@ from maskvlp.config import ConfigError, ObjectiveConfig
 from maskvlp.engine.pretrainer import Pretrainer
 from maskvlp.masking import multi_hot
 from maskvlp.models.fusion import FusionOutput
-from maskvlp.objectives.context import Batch, StepContext
+from maskvlp.data.batch import Batch
+from maskvlp.objectives.context import StepContext
 from maskvlp.objectives.simla import gather_patches, select_keywords
 from test_objectives import CAPTIONS, SPECIALS, TOKENIZER, _batch
 

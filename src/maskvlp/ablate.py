@@ -14,7 +14,8 @@ import statistics
 from pathlib import Path
 
 from maskvlp.config import ConfigError, RunConfig, config_differences, from_yaml, load_config
-from maskvlp.engine.checkpoint import atomic_write_text, list_checkpoints
+from maskvlp.engine.checkpoint import list_checkpoints
+from maskvlp.files import atomic_write_text
 from maskvlp.engine.logging import console, read_metrics
 
 HEADLINE = ("img_r1", "txt_r1", "sem_img_r1", "ceiling_img_r1", "binding_colour", "binding_relation", "steps")

@@ -15,7 +15,7 @@ Conventions shared by every policy here:
   for the mask-token path.
 
 Provenance of defaults is tagged in docstrings: [paper], [code] (the official code), [notes] (the
-project's research notes, ``/work/shared/research``; secondary readings marked there), [ours].
+project's research notes, summarised with their sources in docs/methods.md, "Sources"), [ours].
 """
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ def _noise(noise: torch.Tensor | None, shape: tuple[int, ...], generator: torch.
     return noise
 
 
-def _check_split(mask_fraction: float, random_fraction: float) -> None:
+def check_split(mask_fraction: float, random_fraction: float) -> None:
     if mask_fraction < 0 or random_fraction < 0 or mask_fraction + random_fraction > 1:
         raise ValueError(
             f"mask_fraction ({mask_fraction}) and random_fraction ({random_fraction}) must be >= 0 and sum to <= 1"
@@ -121,7 +121,7 @@ def bert_text_mask(
     ranks that each see a slice of one global batch draw the same masks as one process would; by
     default it is drawn from ``generator``.
     """
-    _check_split(mask_fraction, random_fraction)
+    check_split(mask_fraction, random_fraction)
     B, L = input_ids.shape
     if noise is None:
         noise = torch.rand(B, L, 3, generator=generator)
@@ -205,7 +205,7 @@ def whole_word_text_mask(
     starts picks the [MASK] words, channel 2 per piece gives the random ids. Drawn from
     ``generator`` when not passed.
     """
-    _check_split(mask_fraction, random_fraction)
+    check_split(mask_fraction, random_fraction)
     B, L = input_ids.shape
     device = input_ids.device
     noise = _noise(noise, (B, L, 3), generator, "text").to(device)

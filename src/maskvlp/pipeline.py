@@ -12,7 +12,7 @@ import torch
 
 from maskvlp.config import ConfigError, RunConfig, apply_overrides, from_yaml
 from maskvlp.engine import checkpoint as ckpt
-from maskvlp.engine.distributed import init_distributed
+from maskvlp.distributed import init_distributed
 from maskvlp.engine.logging import console
 from maskvlp.engine.pretrainer import Pretrainer
 from maskvlp.engine.trainer import TrainResult, text_specials, train

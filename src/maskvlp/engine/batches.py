@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from maskvlp.data.lexical import LexicalIndex, choose_partners
-from maskvlp.engine.distributed import DistInfo
+from maskvlp.distributed import DistInfo
 
 MAX_REPLACEMENT_TRIES = 64
 

@@ -21,21 +21,14 @@ from typing import Any
 import torch
 from safetensors.torch import load_model, save_model
 
+from maskvlp.files import atomic_write_text
+
 CKPT_DIR = "checkpoints"
 LATEST = "latest"  # text file in CKPT_DIR naming the newest complete checkpoint
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be found or read; the message says which and why."""
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save_checkpoint(output_dir: Path, step: int, module: torch.nn.Module, state: dict[str, Any],

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from maskvlp.engine.checkpoint import atomic_write_text
+from maskvlp.files import atomic_write_text
 
 console = Console(stderr=True)
 

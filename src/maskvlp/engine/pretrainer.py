@@ -11,7 +11,8 @@ import torch.nn as nn
 from maskvlp.config import RunConfig
 from maskvlp.models.vlp import VLPModel, build_model
 from maskvlp.objectives import build_objective
-from maskvlp.objectives.context import Batch, StepContext, TextSpecials
+from maskvlp.data.batch import Batch, TextSpecials
+from maskvlp.objectives.context import StepContext
 
 
 class Pretrainer(nn.Module):

@@ -22,14 +22,15 @@ from torch.nn.parallel import DistributedDataParallel
 from maskvlp.config import RunConfig, to_yaml
 from maskvlp.engine import checkpoint as ckpt
 from maskvlp.engine import run_folder
+from maskvlp.files import atomic_write_text
 from maskvlp.engine.batches import DataError, StepBatches, StepSampler
-from maskvlp.engine.distributed import DistInfo, barrier, init_distributed, reduce_mean
+from maskvlp.distributed import DistInfo, barrier, init_distributed, reduce_mean
 from maskvlp.engine.logging import MetricsLogger, TrainProgress, console
 from maskvlp.engine.optim import lr_factor, make_optimizer, set_lr
 from maskvlp.engine.precision import autocast, resolve_precision
 from maskvlp.engine.pretrainer import Pretrainer
 from maskvlp.negatives import WordLexicon
-from maskvlp.objectives.context import Batch, TextSpecials
+from maskvlp.data.batch import Batch, TextSpecials
 
 CALIBRATE_AT = (20, 60)  # steps after which a time budget is converted into a step count
 CALIBRATION_WINDOW = 50  # recent steps whose median time is the speed
@@ -124,7 +125,7 @@ def _open_run_folder(cfg: RunConfig, resume: str | None, overwrite: bool, info: 
         run_folder.check_resume_settings(path, cfg)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        ckpt.atomic_write_text(out / "config.yaml", to_yaml(cfg))
+        atomic_write_text(out / "config.yaml", to_yaml(cfg))
     return path
 
 
@@ -327,7 +328,7 @@ def _save(out: Path, step: int, module: Pretrainer, optimizer, state: dict, cfg:
 
 def _plot(out: Path) -> None:
     try:
-        from maskvlp.eval.report import plot_curves
+        from maskvlp.engine.curves import plot_curves
 
         plot_curves(out / "metrics.jsonl", out / "loss_curves.png")
     except Exception as err:  # a plot must never lose a finished run

@@ -1,22 +1,19 @@
-"""Evaluation reports: results.json + a markdown table, a rich terminal table, and loss curves.
+"""Evaluation reports: results.json + a markdown table, and a rich terminal table.
 
-Files are written atomically (temp file in the same folder + ``os.replace``) so an interrupted run
-never leaves a half-written report that a later comparison would read as valid. Plotting uses the
-Agg canvas directly, not pyplot, so it touches no global backend state and works headless.
+Files are written atomically (:mod:`maskvlp.files`) so an interrupted run never leaves a
+half-written report that a later comparison would read as valid. Loss curves are the engine's
+(:mod:`maskvlp.engine.curves`).
 """
 from __future__ import annotations
 
-import sys
-
 import json
+import sys
 import math
-import os
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from maskvlp.engine.logging import read_metrics
+from maskvlp.files import atomic_write_text
 
 Results = Mapping[str, Mapping[str, float]]
 
@@ -27,29 +24,6 @@ COLUMNS: tuple[str, ...] = (
     "ceiling_img_r1",
     "binding_colour", "binding_relation",
 )  # fmt: skip
-
-
-# --------------------------------------------------------------------------------------------
-# Atomic writes
-# --------------------------------------------------------------------------------------------
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Let ``write`` fill a temp file next to ``path``, then move it into place in one step."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _atomic_write_text(path: Path, text: str) -> Path:
-    """Atomic UTF-8 text write."""
-    return _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -113,90 +87,9 @@ def write_report(results: Results, out_dir: Path, title: str, notes: list[str] |
     out_dir = Path(out_dir)
     notes = list(notes or [])
     payload = {"title": title, "notes": notes, "results": _json_safe(results)}
-    json_path = _atomic_write_text(out_dir / "results.json", json.dumps(payload, indent=2, allow_nan=False) + "\n")
+    json_path = atomic_write_text(out_dir / "results.json", json.dumps(payload, indent=2, allow_nan=False) + "\n")
     md = f"# {title}\n\n{markdown_table(results)}"
     if notes:
         md += "\n" + "".join(f"- {n}\n" for n in notes)
-    md_path = _atomic_write_text(out_dir / "results.md", md)
+    md_path = atomic_write_text(out_dir / "results.md", md)
     return json_path, md_path
-
-
-# --------------------------------------------------------------------------------------------
-# Curves
-# --------------------------------------------------------------------------------------------
-def _is_number(v: Any) -> bool:
-    """A finite int/float that is not a bool."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _series(records: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
-    """(steps, values) where ``key`` holds a finite number."""
-    pts = [(float(r["step"]), float(r[key])) for r in records if _is_number(r.get(key))]
-    return [p[0] for p in pts], [p[1] for p in pts]
-
-
-def smooth(values: Sequence[float], weight: float | None = None) -> list[float]:
-    """Debiased exponential moving average (TensorBoard's); weight grows with the series length."""
-    if weight is None:
-        weight = min(0.95, max(0.0, 1.0 - 10.0 / max(len(values), 1)))
-    out, avg = [], 0.0
-    for i, v in enumerate(values, start=1):
-        avg = weight * avg + (1 - weight) * v
-        out.append(avg / (1 - weight**i) if weight < 1 else v)
-    return out
-
-
-def _loss_keys(records: list[dict[str, Any]]) -> list[str]:
-    """``loss`` first, then the ``loss_*`` keys in sorted order."""
-    found = {k for r in records for k in r if k == "loss" or k.startswith("loss_")}
-    return sorted(found, key=lambda k: (k != "loss", k))
-
-
-def plot_curves(jsonl_path: Path, out_png: Path, keys: list[str] | None = None) -> Path:
-    """Plot losses over step (smoothed line over faint raw line) and lr in a small second axis.
-
-    ``keys`` picks the curves for the main axis (default: ``loss`` and every ``loss_*``); keys
-    absent from the log are skipped. An empty or missing log gives a figure saying "no data".
-    Returns ``out_png``, written atomically.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    records = read_metrics(jsonl_path)
-    keys = [k for k in (keys if keys is not None else _loss_keys(records)) if k != "lr"]
-    curves = {k: s for k in keys if (s := _series(records, k))[0]}
-    lr = _series(records, "lr")
-
-    fig = Figure(figsize=(8, 5), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    if not curves and not lr[0]:
-        ax = fig.add_subplot(1, 1, 1)
-        ax.text(0.5, 0.5, "no data", ha="center", va="center", fontsize=16, transform=ax.transAxes)
-        ax.set_axis_off()
-    else:
-        _draw(fig, curves, lr)
-    return _atomic_write(Path(out_png), lambda tmp: fig.savefig(tmp, format="png"))
-
-
-def _draw(fig: Any, curves: dict[str, tuple[list[float], list[float]]], lr: tuple[list[float], list[float]]) -> None:
-    """Loss axis on top (3/4 of the height), lr axis below when the log has lr."""
-    if lr[0]:
-        grid = fig.add_gridspec(2, 1, height_ratios=(3, 1))
-        ax, ax_lr = fig.add_subplot(grid[0]), fig.add_subplot(grid[1])
-        ax.sharex(ax_lr)
-        ax.tick_params(labelbottom=False)
-        ax_lr.plot(*lr, color="tab:gray", linewidth=1)
-        ax_lr.set_ylabel("lr")
-        ax_lr.set_xlabel("step")
-        ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
-    else:
-        ax = fig.add_subplot(1, 1, 1)
-        ax.set_xlabel("step")
-    for i, (key, (steps, values)) in enumerate(curves.items()):
-        color = f"C{i % 10}"
-        ax.plot(steps, values, color=color, alpha=0.25, linewidth=0.8)
-        ax.plot(steps, smooth(values), color=color, linewidth=1.6, label=key)
-    if curves:
-        ax.legend(loc="upper right", fontsize="small")
-    ax.set_ylabel("loss")
-    ax.grid(alpha=0.3)

@@ -11,18 +11,18 @@ with the same global batch draws, and a resumed run draws what an uninterrupted 
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
 from functools import cached_property
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from maskvlp.engine.distributed import all_gather_nograd, local_slice
+from maskvlp.data.batch import Batch, TextSpecials
+from maskvlp.distributed import all_gather_nograd, local_slice
 from maskvlp.masking import MaskedText, bert_text_mask
 from maskvlp.models.fusion import FusionOutput
 from maskvlp.models.vlp import Encoded, VLPModel
-from maskvlp.negatives import WordLexicon, perturb_batch
+from maskvlp.negatives import perturb_batch
 
 
 CLEAN, NEGATIVES = "clean", "negatives"  # text passes besides masked captions (keyed by their text_mask_key)
@@ -33,30 +33,6 @@ def cat_rows_padded(tensors: list[torch.Tensor], value: float = 0) -> torch.Tens
     """Concatenate (B_i, L_i, ...) tensors along the batch, padding dim 1 with ``value`` to the longest L."""
     width = max(t.shape[1] for t in tensors)
     return torch.cat([F.pad(t.movedim(1, -1), (0, width - t.shape[1]), value=value).movedim(-1, 1) for t in tensors])
-
-
-@dataclass
-class TextSpecials:
-    """What text masking must know about the vocabulary."""
-
-    pad_id: int
-    mask_id: int
-    vocab_size: int
-    special_ids: torch.Tensor
-    lexicon: WordLexicon | None = None  # attribute and spatial words, for rule-based negative captions
-
-
-@dataclass
-class Batch:
-    images: torch.Tensor
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    image_keys: torch.Tensor  # same value = same image (another caption of it is not a negative)
-    global_size: int  # the global batch this rank's rows are a contiguous slice of
-
-    def to(self, device: torch.device) -> "Batch":
-        return Batch(self.images.to(device), self.input_ids.to(device), self.attention_mask.to(device),
-                     self.image_keys.to(device), self.global_size)
 
 
 def text_mask_key(ratio: float, mask_fraction: float = 0.8, random_fraction: float = 0.1) -> tuple:

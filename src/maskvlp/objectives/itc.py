@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from maskvlp.config import ConfigError, ModelConfig
-from maskvlp.engine.distributed import all_gather_nograd, all_gather_with_grad, local_slice
+from maskvlp.distributed import all_gather_nograd, all_gather_with_grad, local_slice
 from maskvlp.models.vlp import TEACHER
 from maskvlp.negatives import text_negatives_enabled
 from maskvlp.objectives.base import Objective, ObjectiveOutput, register, take

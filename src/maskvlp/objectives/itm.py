@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from maskvlp.config import ConfigError, ModelConfig
-from maskvlp.engine.distributed import all_gather_nograd, all_gather_with_grad, local_slice, mean_over_ranks_denominator
+from maskvlp.distributed import all_gather_nograd, all_gather_with_grad, local_slice, mean_over_ranks_denominator
 from maskvlp.models.vlp import FUSION, ITM as ITM_HEAD
 from maskvlp.negatives import text_negatives_enabled
 from maskvlp.objectives.base import Objective, ObjectiveOutput, register, take

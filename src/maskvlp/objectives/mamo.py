@@ -13,7 +13,7 @@ three losses:
   *fused* states of the clean pair, through separate predictor heads (one per modality: in
   ``two_stream`` the fused image states have the vision width, the text states the text width).
 
-Provenance (tags as in ``/work/shared/research/methods_semmim_mamo_mlim.md``; the paper's method
+Provenance (tags as in docs/methods.md, "Sources"; the paper's method
 section was only available through a secondary reading):
 
 * [paper/notes] joint masking of one input, image 75% and text 25%; teacher sees the clean pair;
@@ -60,7 +60,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from maskvlp.config import ConfigError, ModelConfig
-from maskvlp.engine.distributed import mean_over_ranks_denominator
+from maskvlp.distributed import mean_over_ranks_denominator
 from maskvlp.masking import ImageMask, MaskedText, random_patch_mask
 from maskvlp.models.fusion import FusionOutput, fused_image_width
 from maskvlp.models.transformer import Block, init_weights

@@ -15,7 +15,7 @@ One student pass per step computes both of MLIM's losses:
    sigmoid), compared with the un-normalised input image by squared error.
 
 Provenance ([P] paper abstract, [S] secondary summaries of the paper, [I]/[ours] our choice; see
-``/work/shared/research/methods_semmim_mamo_mlim.md`` section 3):
+docs/methods.md, "Sources"):
 
 - two losses only, MLM + RECON, and MAM [P]; no ITC, no ITM, no teacher [P]/[S].
 - modes, 0.8 heavy ratio, equal mode probability [S]; light ratio 0.15, the other modality left
@@ -57,7 +57,7 @@ import torch.nn.functional as F
 
 from maskvlp.config import ConfigError, ModelConfig
 from maskvlp.data.transforms import IMAGE_MEAN, IMAGE_STD
-from maskvlp.engine.distributed import mean_over_ranks_denominator
+from maskvlp.distributed import mean_over_ranks_denominator
 from maskvlp.masking import MaskingMode, ModalityAwareMask, modality_aware_mask
 from maskvlp.models.vlp import FUSION, MASK_TOKEN, MLM as MLM_HEAD
 from maskvlp.objectives.base import Objective, ObjectiveOutput, register, require_image_states, take

@@ -17,7 +17,7 @@ from maskvlp.config import ModelConfig
 from maskvlp.models.vlp import FUSION, MLM as MLM_HEAD, TEACHER_FUSION
 from maskvlp.objectives.base import Objective, ObjectiveOutput, register, take
 from maskvlp.objectives.context import text_mask_key
-from maskvlp.engine.distributed import mean_over_ranks_denominator
+from maskvlp.distributed import mean_over_ranks_denominator
 
 
 @register

@@ -4,7 +4,7 @@ must recover the feature of the complete input, with the missing part read from 
 Ji et al., "Seeing What You Miss: Vision-Language Pre-training with Semantic Completion Learning",
 CVPR 2023 (arXiv 2211.13437). The paper body was not available to us; the mechanism follows the
 official code (``IIGROUP/SCL``, ``scl/modules/objectives.py`` ``compute_scl``, read at ``928b1cd`` and
-``cd0d819``; see ``/work/shared/research/methods_scl_simla.md`` §1.3-1.6).
+``cd0d819``; docs/methods.md, "Sources").
 
 Two fused passes per step, both trained (no EMA teacher in SCL):
 
@@ -61,8 +61,8 @@ import torch
 import torch.nn.functional as F
 
 from maskvlp.config import ConfigError, ModelConfig
-from maskvlp.engine.distributed import all_gather_nograd, all_gather_with_grad, local_slice
-from maskvlp.masking import _check_split, random_patch_mask
+from maskvlp.distributed import all_gather_nograd, all_gather_with_grad, local_slice
+from maskvlp.masking import check_split, random_patch_mask
 from maskvlp.models.vlp import FUSION
 from maskvlp.objectives.base import Objective, ObjectiveOutput, register, require_image_states, take
 from maskvlp.objectives.context import text_mask_key
@@ -112,7 +112,7 @@ class SCL(Objective):
         if not 0.0 <= p["text_ratio"] <= 1.0:
             raise ConfigError(f"objective 'scl' parameter text_ratio must lie in [0, 1], got {p['text_ratio']}")
         try:  # the text masking's own check, reported as a config error naming the recipe's keys
-            _check_split(p["text_mask_fraction"], p["text_random_fraction"])
+            check_split(p["text_mask_fraction"], p["text_random_fraction"])
         except ValueError as err:
             raise ConfigError(f"objective 'scl' parameters text_mask_fraction / text_random_fraction: {err}") from None
         if p["temperature"] <= 0:

@@ -7,7 +7,7 @@ feature by self-supervised agreement with a momentum encoder and reach the patch
 that shared space; text takes part three times: it guides which patches are masked, it is fused
 with the masked image on the prediction side, and it is injected into the momentum patch
 representations on the target side. No official code and no method section were available to us
-(``/work/shared/research/methods_semmim_mamo_mlim.md`` §1), so every concrete choice below is
+(docs/methods.md, "Sources"), so every concrete choice below is
 inferred [I] from the abstract and from DINO / iBOT, whose mechanism the abstract describes:
 
 * **Shared head g** [I, DINO/iBOT head]: ``Linear(d, hidden) -> GELU -> Linear(hidden, bottleneck)``,
@@ -56,7 +56,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from maskvlp.config import ConfigError, ModelConfig
-from maskvlp.engine.distributed import mean_over_ranks_denominator, world_size
+from maskvlp.distributed import mean_over_ranks_denominator, world_size
 from maskvlp.masking import ImageMask, guided_fraction_at, text_guided_patch_mask
 from maskvlp.models.fusion import fused_image_width
 from maskvlp.models.vlp import FUSION, MASK_TOKEN, TEACHER, TEACHER_FUSION

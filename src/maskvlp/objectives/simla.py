@@ -88,7 +88,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from maskvlp.config import ConfigError, ModelConfig
-from maskvlp.engine.distributed import all_gather_nograd, local_slice, mean_over_ranks_denominator
+from maskvlp.distributed import all_gather_nograd, local_slice, mean_over_ranks_denominator
 from maskvlp.masking import ImageMask, attention_votes, block_patch_mask, keyword_token_mask, multi_hot
 from maskvlp.models.fusion import FusionOutput, fused_image_width
 from maskvlp.models.transformer import init_weights

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,24 +13,12 @@ import numpy as np
 from PIL import Image
 
 from maskvlp.data.synthetic.world import SyntheticWorld
+from maskvlp.files import atomic_write_bytes
 
 
 # --------------------------------------------------------------------------------------------
 # Export
 # --------------------------------------------------------------------------------------------
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, then rename, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _png_bytes(image: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG")
@@ -54,11 +40,11 @@ def export_albef_json(world: SyntheticWorld, split: str, out_dir: str | Path, li
     test: list[dict[str, Any]] = []
     for scene in scenes:
         rel = f"images/{scene.scene_id}.png"
-        _atomic_write_bytes(out / rel, _png_bytes(world.render(scene)))
+        atomic_write_bytes(out / rel, _png_bytes(world.render(scene)))
         texts = [c.text for c in world.captions(scene)]
         pretrain.extend({"image": rel, "caption": t} for t in texts)
         test.append({"image": rel, "caption": texts})
     pretrain_path, test_path = out / "pretrain.json", out / "test.json"
-    _atomic_write_bytes(pretrain_path, json.dumps(pretrain, indent=1).encode("utf-8"))
-    _atomic_write_bytes(test_path, json.dumps(test, indent=1).encode("utf-8"))
+    atomic_write_bytes(pretrain_path, json.dumps(pretrain, indent=1).encode("utf-8"))
+    atomic_write_bytes(test_path, json.dumps(test, indent=1).encode("utf-8"))
     return pretrain_path, test_path
