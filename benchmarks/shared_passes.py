@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import statistics
 import time
 
@@ -30,7 +31,7 @@ def switched_off(module, parts: set[str]):
     from maskvlp.models.vision import VisionTransformer
 
     saved_stem, saved_fuse = VisionTransformer.frozen_stem_features, FusionEncoder.forward
-    saved_passes = {key: objective.text_passes for key, objective in module.objectives.items()}
+    saved_reads = {key: objective.reads for key, objective in module.objectives.items()}
     if "stem" in parts:
         VisionTransformer.frozen_stem_features = lambda self, images: None
     if "index" in parts:
@@ -41,14 +42,14 @@ def switched_off(module, parts: set[str]):
             return saved_fuse(self, text, text_mask, image, image_mask, *args, **kwargs)
         FusionEncoder.forward = per_pair
     if "group" in parts:
-        for objective in module.objectives.values():
-            objective.text_passes = lambda: set()
+        for objective in module.objectives.values():  # no declared text passes: each pass runs alone
+            objective.reads = lambda r=objective.reads(): dataclasses.replace(r, text_passes=frozenset())
     try:
         yield
     finally:
         VisionTransformer.frozen_stem_features, FusionEncoder.forward = saved_stem, saved_fuse
         for key, objective in module.objectives.items():
-            objective.text_passes = saved_passes[key]
+            objective.reads = saved_reads[key]
 
 
 def main() -> None:

@@ -17,9 +17,8 @@ from maskvlp.data.datasets import (
     DataFormatError,
     SyntheticPretrainDataset,
     collate_pretrain,
-    json_retrieval_set,
-    synthetic_retrieval_set,
 )
+from maskvlp.data.retrieval_sets import json_retrieval_set, synthetic_retrieval_set
 from maskvlp.data.tokenizer import Tokenizer, TokenizerNotFound, load_tokenizer, normalize_text
 from maskvlp.data.transforms import IMAGE_MEAN, IMAGE_STD, eval_transform, to_tensor, train_transform
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import tiny_config
-from maskvlp.data.datasets import synthetic_retrieval_set
+from maskvlp.data.retrieval_sets import synthetic_retrieval_set
 from maskvlp.data.synthetic import SyntheticWorld
 from maskvlp.data.tokenizer import load_tokenizer
 from maskvlp.engine.pretrainer import Pretrainer

@@ -195,13 +195,14 @@ def test_text_to_image_fusion_is_a_config_error(tmp_path):
 
 
 def test_required_parts_follow_the_weights(tmp_path):
+    from maskvlp.config import MAMOParams
     from maskvlp.models.vlp import FUSION, MASK_TOKEN, MLM, TEACHER, TEACHER_FUSION
     from maskvlp.objectives.mamo import MAMO
     cfg = tiny_config(tmp_path, _only_mamo(tmp_path)).model
-    assert MAMO(cfg).required_parts() == {FUSION, MLM, TEACHER, TEACHER_FUSION}
-    assert MAMO(cfg, image_masking="replace").required_parts() == {FUSION, MLM, TEACHER, TEACHER_FUSION, MASK_TOKEN}
-    only_mim = MAMO(cfg, mlm_weight=0.0, mrm_weight=0.0)
-    assert only_mim.required_parts() == {FUSION, TEACHER} and only_mim.mrm_head is None
+    assert MAMO(cfg).reads().parts == {FUSION, MLM, TEACHER, TEACHER_FUSION}
+    assert MAMO(cfg, MAMOParams(image_masking="replace")).reads().parts == {FUSION, MLM, TEACHER, TEACHER_FUSION, MASK_TOKEN}
+    only_mim = MAMO(cfg, MAMOParams(mlm_weight=0.0, mrm_weight=0.0))
+    assert only_mim.reads().parts == {FUSION, TEACHER} and only_mim.mrm_head is None
 
 
 # ------------------------------------------------------------------------------------------ training

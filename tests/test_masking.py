@@ -1,5 +1,5 @@
 """Masking policies on properties: exact counts, index forms, determinism from passed noise, and the
-selection each policy promises (blocks, top relevance, whole words, top keywords)."""
+selection each policy promises (blocks, top relevance, top keywords)."""
 from __future__ import annotations
 
 import pytest
@@ -13,20 +13,16 @@ from maskvlp.masking import (
     attention_votes,
     bert_text_mask,
     block_patch_mask,
-    continuation_flags,
-    continuation_from_word_ids,
     continuation_table,
     default_min_block,
     exact_count_mask,
     guided_fraction_at,
-    joint_mask,
     keyword_token_mask,
     mask_counts,
     modality_aware_mask,
     multi_hot,
     random_patch_mask,
     text_guided_patch_mask,
-    whole_word_text_mask,
 )
 
 TOKENIZER = load_tokenizer()
@@ -322,90 +318,16 @@ def test_bert_text_mask_accepts_per_row_ratio():
         assert torch.equal(together.labels[row], alone.labels[0])
 
 
-# ------------------------------------------------------------------------------------ joint (MAMO)
-def test_joint_mask_counts_and_generator_order():
+# ------------------------------------------------------------------------------------ continuation table
+def test_continuation_table_agrees_with_word_ids():
+    """The ``##`` table (the tokenizer's ``continuation_ids``, which whole-word caption edits use)
+    marks exactly the pieces that continue the word before them."""
     tok = encode()
-    b, length = tok.input_ids.shape
-    out = joint_mask(tok.input_ids, tok.attention_mask, SPECIAL_IDS, MASK_ID, VOCAB, 35,
-                     generator=torch.Generator().manual_seed(9))
-    assert out.image.masked.sum(1).tolist() == [26] * b  # round(0.75 * 35) = round(26.25)
-    eligible = eligible_of(tok.input_ids, tok.attention_mask)
-    assert out.text.masked.sum(1).tolist() == [expected(int(n), 0.25) for n in eligible.sum(1)]
-    g = torch.Generator().manual_seed(9)
-    image_noise, text_noise = torch.rand(b, 35, generator=g), torch.rand(b, length, 3, generator=g)
-    explicit = joint_mask(tok.input_ids, tok.attention_mask, SPECIAL_IDS, MASK_ID, VOCAB, 35,
-                          image_noise=image_noise, text_noise=text_noise)
-    assert torch.equal(explicit.image.keep_idx, out.image.keep_idx)
-    assert torch.equal(explicit.text.input_ids, out.text.input_ids)
-
-
-# ------------------------------------------------------------------------------------ whole words
-def test_continuation_flags_agree_with_word_ids():
-    tok = encode()
-    from_vocab = continuation_flags(tok.input_ids, CONT_TABLE)
-    assert torch.equal(from_vocab, continuation_from_word_ids(tok.word_ids))
+    from_vocab = CONT_TABLE[tok.input_ids]
+    prev = torch.nn.functional.pad(tok.word_ids[:, :-1], (1, 0), value=-1)
+    assert torch.equal(from_vocab, (tok.word_ids >= 0) & (tok.word_ids == prev))
     assert from_vocab.any(), "the captions should contain multi-piece words"
-    tokens = TOKENIZER.backend.convert_ids_to_tokens(list(range(VOCAB)))
-    assert torch.equal(continuation_flags(tok.input_ids, tokens), from_vocab)
-
-
-def test_whole_word_hand_checked():
-    tok = encode(["a small unbelievably red circle"])
-    pieces = TOKENIZER.backend.convert_ids_to_tokens(tok.input_ids[0].tolist())
-    assert pieces == ["[CLS]", "a", "small", "un", "##bel", "##ie", "##va", "##bly", "red", "circle", "[SEP]"]
-    cont = continuation_flags(tok.input_ids, CONT_TABLE)
-    noise = torch.full((1, 11, 3), 0.9)
-    noise[0, 3, 0] = 0.0  # word "un##bel##ie##va##bly" has the lowest word score
-    noise[0, 4, 0] = -1.0  # scores on continuation pieces are ignored
-    # 5 words, ratio 0.2 -> 1 word; 0.8 of 1 word -> 1 word to [MASK]
-    m = whole_word_text_mask(tok.input_ids, tok.attention_mask, SPECIAL_IDS, cont, MASK_ID, VOCAB, 0.2, noise)
-    assert m.masked[0].nonzero().flatten().tolist() == [3, 4, 5, 6, 7]
-    assert (m.input_ids[0, 3:8] == MASK_ID).all()
-    assert torch.equal(m.labels[0, 3:8], tok.input_ids[0, 3:8])
-    assert (m.labels[0, [0, 1, 2, 8, 9, 10]] == -100).all()
-
-
-@pytest.mark.parametrize("ratio", [0.15, 0.3, 0.5, 1.0])
-def test_whole_word_masks_whole_words_with_exact_word_counts(ratio):
-    tok = encode(CAPTIONS * 3, max_len=16)  # truncation cuts some words
-    cont = continuation_flags(tok.input_ids, CONT_TABLE)
-    eligible = eligible_of(tok.input_ids, tok.attention_mask)
-    g = torch.Generator().manual_seed(4)
-    m = whole_word_text_mask(tok.input_ids, tok.attention_mask, SPECIAL_IDS, cont, MASK_ID, VOCAB, ratio, generator=g)
-    assert not (m.masked & ~eligible).any(), "a special token or padding was masked"
-    for row in range(tok.input_ids.shape[0]):
-        words: dict[int, list[int]] = {}
-        for p, w in enumerate(tok.word_ids[row].tolist()):
-            if w >= 0:
-                words.setdefault(w, []).append(p)
-        chosen = 0
-        n_all_mask = 0
-        for positions in words.values():
-            flags = m.masked[row, positions]
-            assert flags.all() or not flags.any(), "a word was only partly masked"
-            if flags.all():
-                chosen += 1
-                replaced = m.input_ids[row, positions]
-                all_mask = bool((replaced == MASK_ID).all())
-                n_all_mask += all_mask
-                assert all_mask or not (replaced == MASK_ID).all()
-        assert chosen == expected(len(words), ratio)
-        assert n_all_mask >= expected(chosen, 0.8)  # random ids may also hit [MASK]; never fewer
-        changed = m.input_ids[row] != tok.input_ids[row]
-        assert not (changed & ~m.masked[row]).any()
-    assert torch.equal(m.labels[m.masked], tok.input_ids[m.masked])
-    assert (m.labels[~m.masked] == -100).all()
-
-
-def test_whole_word_same_noise_same_mask_and_rank_slices_agree():
-    tok = encode()
-    b, length = tok.input_ids.shape
-    cont = continuation_flags(tok.input_ids, CONT_TABLE)
-    noise = torch.rand(b, length, 3, generator=torch.Generator().manual_seed(8))
-    full = whole_word_text_mask(tok.input_ids, tok.attention_mask, SPECIAL_IDS, cont, MASK_ID, VOCAB, 0.3, noise)
-    part = whole_word_text_mask(tok.input_ids[2:5], tok.attention_mask[2:5], SPECIAL_IDS, cont[2:5], MASK_ID,
-                                VOCAB, 0.3, noise[2:5])
-    assert torch.equal(part.input_ids, full.input_ids[2:5]) and torch.equal(part.masked, full.masked[2:5])
+    assert set(CONT_TABLE.nonzero().flatten().tolist()) == TOKENIZER.continuation_ids
 
 
 # ------------------------------------------------------------------------------------ keywords

@@ -15,6 +15,7 @@ from maskvlp.data.tokenizer import load_tokenizer
 from maskvlp.engine.optim import make_optimizer
 from maskvlp.engine.pretrainer import Pretrainer
 from maskvlp.objectives.context import StepContext
+from maskvlp.objectives.reads import Reads
 from maskvlp.engine.trainer import _to_batch, build_pretrain_dataset, text_specials
 from maskvlp.data.datasets import collate_pretrain
 
@@ -151,7 +152,8 @@ def test_sharing_the_masked_caption_pass_leaves_the_gradient_unchanged(tmp_path)
 
     calls["text"] = 0
     apart = sum(module.objectives[k](StepContext(module.model, batch, 5, module.seed, specials, 0,
-                                                 module.masked_text_image_states)).loss for k in ("mlm", "scl"))
+                                                 Reads(masked_text_image_states=module.masked_text_image_states))).loss
+                for k in ("mlm", "scl"))
     assert calls["text"] == 3  # MLM's masked caption, and SCL's clean and masked captions again
     separate = torch.autograd.grad(apart, module.trainable_parameters(), allow_unused=True)
     assert torch.allclose(loss, apart, atol=1e-6)

@@ -21,8 +21,6 @@ from typing import Callable, Protocol
 
 import torch
 
-from maskvlp.config import ConfigError
-
 # Attribute words that describe one object; two of one kind in a caption are exchanged.
 ATTRIBUTE_WORDS: dict[str, tuple[str, ...]] = {
     "colour": ("red", "green", "blue", "yellow", "purple", "cyan", "orange", "gray", "grey", "white", "black",
@@ -36,16 +34,8 @@ CONVERSE_WORDS: tuple[tuple[str, str], ...] = (
     ("left", "right"), ("above", "below"), ("over", "under"), ("top", "bottom"), ("inside", "outside"),
     ("before", "after"), ("larger", "smaller"), ("bigger", "smaller"),
 )
-PERTURBATIONS = ("swap",)  # objectives' ``text_negatives`` values besides "none"
-
-
-def text_negatives_enabled(value: str, objective: str) -> bool:
-    """An objective's ``text_negatives`` parameter: True for a perturbation, False for "none"; a config
-    error naming the key and the choices otherwise."""
-    if value not in ("none", *PERTURBATIONS):
-        raise ConfigError(f"objectives.{objective}.params.text_negatives must be one of none, "
-                          f"{', '.join(PERTURBATIONS)}; got {value!r}")
-    return value != "none"
+# An objective's ``text_negatives`` parameter is "none" or "swap" (this module's perturbation); its valid
+# values are declared with the objectives' parameters, maskvlp.config.objective_params.TEXT_NEGATIVES.
 
 
 class _Tokenizer(Protocol):

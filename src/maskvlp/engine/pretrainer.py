@@ -13,6 +13,7 @@ from maskvlp.models.vlp import VLPModel, build_model
 from maskvlp.objectives import build_objective
 from maskvlp.data.batch import Batch, TextSpecials
 from maskvlp.objectives.context import StepContext
+from maskvlp.objectives.reads import Reads
 
 
 class Pretrainer(nn.Module):
@@ -23,16 +24,17 @@ class Pretrainer(nn.Module):
         self.schedules: dict[str, tuple[int, int]] = {}  # (start_step, ramp_steps)
         for spec in cfg.objectives:
             key = spec.name if spec.name not in objectives else f"{spec.name}_{len(objectives)}"
-            objectives[key] = build_objective(spec.name, cfg.model, dict(spec.params))
+            objectives[key] = build_objective(spec.name, cfg.model, spec.params)
             self.weights[key] = float(spec.weight)
             self.schedules[key] = (int(spec.start_step), int(spec.ramp_steps))
-        needs: set[str] = set().union(*(o.required_parts() for o in objectives.values()))
-        self.model: VLPModel = build_model(cfg.model, needs, load_pretrained=load_pretrained)
+        # what every objective reads, whether or not it is active at a step: the model parts to build, and the
+        # masked-caption fusions whose image states some objective reads
+        reads = Reads.union(o.reads() for o in objectives.values())
+        self.model: VLPModel = build_model(cfg.model, set(reads.parts), load_pretrained=load_pretrained)
         self.objectives = nn.ModuleDict(objectives)
         self.specials = specials
         self.seed = cfg.train.seed
-        self.masked_text_image_states: frozenset[tuple] = frozenset().union(
-            *(o.masked_text_image_states() for o in objectives.values()))
+        self.masked_text_image_states = reads.masked_text_image_states
 
     @torch.no_grad()
     def after_step(self) -> None:
@@ -59,11 +61,12 @@ class Pretrainer(nn.Module):
 
     def forward(self, batch: Batch, step: int, micro: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
         active = {key: w for key in self.objectives if (w := self.weight(key, step)) != 0.0}
-        text_passes = frozenset().union(*(self.objectives[key].text_passes() for key in active))
+        # the text passes of this step's objectives, run as one batch per tower
+        text_passes = Reads.union(self.objectives[key].reads() for key in active).text_passes
+        reads = Reads(text_passes=text_passes, masked_text_image_states=self.masked_text_image_states)
         if self.model.teacher is None:
-            text_passes = frozenset(p for p in text_passes if not p[0])
-        ctx = StepContext(self.model, batch, step, self.seed, self.specials, micro, self.masked_text_image_states,
-                          text_passes)
+            reads = reads.student_only()
+        ctx = StepContext(self.model, batch, step, self.seed, self.specials, micro, reads)
         total = torch.zeros((), device=batch.images.device)
         metrics: dict[str, float] = {}
         for key, weight in active.items():

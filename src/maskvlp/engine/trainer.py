@@ -13,7 +13,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -129,12 +129,48 @@ def _open_run_folder(cfg: RunConfig, resume: str | None, overwrite: bool, info: 
     return path
 
 
+@dataclass
+class _Run:
+    """What a run trains with, set up once before the first step."""
+
+    cfg: RunConfig
+    info: DistInfo
+    device: torch.device
+    precision: Any
+    say: Callable[[str], None]
+    specials: TextSpecials
+    module: Pretrainer
+    optimizer: torch.optim.Optimizer
+    notes: list[str]  # what loading the training set dropped or repaired
+    stop_after: int | None
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.output_dir)
+
+
+@dataclass
+class _Loop:
+    """The loop's mutable state. ``progress`` (step, total, elapsed, bad, seen) is what a checkpoint saves;
+    ``step`` and ``total`` run ahead of it between checkpoints."""
+
+    progress: dict[str, Any]
+    last_ckpt: Path | None
+    start: int = 0
+    step: int = 0
+    total: int = 0
+    elapsed0: float = 0.0  # seconds trained before this process (a resumed run's)
+    t0: float = 0.0  # time.monotonic() when this process's loop began
+    step_times: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    nonfinite: int = 0  # non-finite steps in a row
+
+
 def train(cfg: RunConfig, resume: str | None = None, show_progress: bool = True,
           stop_after: int | None = None, overwrite: bool = False) -> TrainResult:
     """Pre-train per ``cfg``; ``resume`` is ``latest`` or a checkpoint path. ``stop_after`` ends the
     run early after that many optimizer steps (as a kill would), leaving the schedule untouched.
     A new run refuses an ``output_dir`` that holds another run's checkpoint unless ``overwrite``."""
-    from maskvlp.data.datasets import collate_pretrain
     from maskvlp.data.tokenizer import load_tokenizer
 
     info: DistInfo = init_distributed()
@@ -142,17 +178,11 @@ def train(cfg: RunConfig, resume: str | None = None, show_progress: bool = True,
     if tc.threads:
         torch.set_num_threads(tc.threads)
     device = torch.device(f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu")
-    out = Path(cfg.output_dir)
     talk = info.is_main and show_progress
-
-    def say(line: str) -> None:
-        if talk:
-            console.print(line, highlight=False, soft_wrap=True)
-
+    say = _printer(talk)
     resume_from = _open_run_folder(cfg, resume, overwrite, info, say)
-    say(f"run folder: {out} (config.yaml, metrics.jsonl, checkpoints/)")
+    say(f"run folder: {Path(cfg.output_dir)} (config.yaml, metrics.jsonl, checkpoints/)")
     precision = resolve_precision(tc.precision, device)
-
     tokenizer = load_tokenizer()
     specials = text_specials(tokenizer)
     with console.status("building the training set", spinner="dots") if talk else contextlib.nullcontext():
@@ -162,107 +192,145 @@ def train(cfg: RunConfig, resume: str | None = None, show_progress: bool = True,
         say(line)
     torch.manual_seed(tc.seed)
     module = Pretrainer(cfg, specials, load_pretrained=resume is None).to(device)
-    optimizer = make_optimizer(module, module.model, tc)
-
-    progress_state: dict[str, Any] = {"step": 0, "total": tc.max_steps, "elapsed": 0.0, "bad": 0, "seen": 0}
-    last_ckpt: Path | None = None
-    if resume_from is not None:
-        ckpt.load_weights(resume_from, module)
-        saved = ckpt.load_state(resume_from)
-        optimizer.load_state_dict(saved["optimizer"])
-        progress_state.update(saved["progress"])
-        torch.set_rng_state(saved["rng_cpu"])
-        last_ckpt = resume_from  # resuming a finished run leaves this as the result
-        done_already = progress_state["step"] >= progress_state["total"]
-        say(f"{resume_from} finished the run at step {progress_state['step']}: nothing left to train" if done_already
-            else f"resumed from {resume_from} at step {progress_state['step']} of {progress_state['total']}")
+    run = _Run(cfg, info, device, precision, say, specials, module, make_optimizer(module, module.model, tc), notes,
+               stop_after)
+    loop = _resumed_loop(run, resume_from)
     # find_unused_parameters: a composed recipe may leave parts without gradient in a step (no ITC -> the
     # contrastive projections; MIM alone -> the last text block), which plain DDP would wait for forever
     ddp = DistributedDataParallel(module, find_unused_parameters=True) if info.world_size > 1 else module
+    return _train_loop(run, loop, ddp, _data_loader(run, dataset, tokenizer, loop.start), resume_from is not None,
+                       show_progress)
 
+
+def _printer(talk: bool) -> Callable[[str], None]:
+    def say(line: str) -> None:
+        if talk:
+            console.print(line, highlight=False, soft_wrap=True)
+
+    return say
+
+
+def _resumed_loop(run: _Run, resume_from: Path | None) -> _Loop:
+    """A new run's loop state, or the one a checkpoint saved (weights, optimizer and CPU RNG restored too)."""
+    loop = _Loop({"step": 0, "total": run.cfg.train.max_steps, "elapsed": 0.0, "bad": 0, "seen": 0}, None)
+    if resume_from is not None:
+        ckpt.load_weights(resume_from, run.module)
+        saved = ckpt.load_state(resume_from)
+        run.optimizer.load_state_dict(saved["optimizer"])
+        loop.progress.update(saved["progress"])
+        torch.set_rng_state(saved["rng_cpu"])
+        loop.last_ckpt = resume_from  # resuming a finished run leaves this as the result
+        step, total = loop.progress["step"], loop.progress["total"]
+        run.say(f"{resume_from} finished the run at step {step}: nothing left to train" if step >= total
+                else f"resumed from {resume_from} at step {step} of {total}")
+    loop.start = loop.step = int(loop.progress["step"])
+    loop.total = int(loop.progress["total"])
+    return loop
+
+
+def _data_loader(run: _Run, dataset: Any, tokenizer: Any, start: int) -> torch.utils.data.DataLoader:
+    """Micro-batches from optimizer step ``start`` on; micro-batch ``d`` is a function of (seed, d)."""
+    from maskvlp.data.datasets import collate_pretrain
+
+    cfg, tc = run.cfg, run.cfg.train
     micro = tc.batch_size // tc.grad_accum
     if tc.batch_size % tc.grad_accum:
         raise DataError(f"train.batch_size={tc.batch_size} is not divisible by train.grad_accum={tc.grad_accum}")
     collate = functools.partial(collate_pretrain, tokenizer=tokenizer, max_len=cfg.model.text.max_len)
-    batches = StepBatches(dataset, micro, tc.seed, info, collate,
+    batches = StepBatches(dataset, micro, tc.seed, run.info, collate,
                           lexical_pool=cfg.data.lexical_pool if cfg.data.batching == "lexical" else 0)
-    start = int(progress_state["step"])
-    loader = torch.utils.data.DataLoader(
+    return torch.utils.data.DataLoader(
         batches, batch_size=None, sampler=StepSampler(start * tc.grad_accum, tc.max_steps * tc.grad_accum),
         num_workers=cfg.data.num_workers, persistent_workers=False)
 
-    logger = MetricsLogger(out, info.is_main, resume_step=start if resume_from is not None else None)
-    bar = TrainProgress(int(progress_state["total"]), info.is_main and show_progress, start=start)
-    step, total = start, int(progress_state["total"])
-    elapsed0, t0 = float(progress_state["elapsed"]), time.monotonic()
-    step_times: list[float] = []
-    losses: list[float] = []
-    nonfinite = 0
+
+def _train_loop(run: _Run, loop: _Loop, ddp: torch.nn.Module, loader: torch.utils.data.DataLoader, resumed: bool,
+                show_progress: bool) -> TrainResult:
+    """Optimizer steps until the schedule ends, the time budget runs out or ``stop_after``; then the result."""
+    logger = MetricsLogger(run.out, run.info.is_main, resume_step=loop.start if resumed else None)
+    bar = TrainProgress(loop.total, run.info.is_main and show_progress, start=loop.start)
+    loop.elapsed0, loop.t0 = float(loop.progress["elapsed"]), time.monotonic()
     data_iter = iter(loader)
-    module.train()
+    run.module.train()
     try:
-        while step < total:
+        while loop.step < loop.total:
             t_step = time.monotonic()
-            set_lr(optimizer, lr_factor(step, total, tc.warmup_steps, tc.min_lr_ratio))
-            optimizer.zero_grad(set_to_none=True)
-            step_loss, metrics = 0.0, {}
-            for m in range(tc.grad_accum):
-                raw = next(data_iter)
-                progress_state["bad"] += raw["num_bad"]
-                progress_state["seen"] += raw["num_seen"]
-                batch = _to_batch(raw, device, micro, specials.pad_id)
-                with autocast(precision, device):
-                    loss, metrics = ddp(batch, step, m)
-                (loss / tc.grad_accum).backward()
-                step_loss += float(reduce_mean(loss)) / tc.grad_accum
-            _check_bad_fraction(progress_state, cfg.data.max_bad_fraction)
-            if not _all_finite(torch.tensor(step_loss)):
-                nonfinite += 1
-                optimizer.zero_grad(set_to_none=True)
-                if nonfinite > tc.max_nonfinite:
-                    raise TrainingDiverged(f"loss was non-finite for {nonfinite} steps in a row at step {step}; "
-                                           "lower train.lr or raise train.warmup_steps")
-                step += 1
-                continue
-            nonfinite = 0
-            log_now = step + 1 == total or (step + 1) % tc.log_every == 0
-            grad_norm = _grad_norm(module, tc.grad_clip, log_now)
-            optimizer.step()
-            module.after_step()
-            step += 1
-            losses.append(step_loss)
-            dt = time.monotonic() - t_step
-            step_times.append(dt)
-            elapsed = elapsed0 + time.monotonic() - t0
-            if tc.time_budget > 0:
-                calibrated = _calibrated_total(step, total, tc, elapsed, step_times)
-                total = _agree(calibrated, "min", device) if _calibration_due(step, total) else calibrated
-                bar.set_total(total)
-            if step % tc.log_every == 0 or step == total:
-                grad = {} if grad_norm is None else {"grad_norm": float(grad_norm)}
-                logger.log(step, {"loss": step_loss, **metrics, "lr": optimizer.param_groups[-1]["lr"], **grad,
-                                  "samples_per_s": tc.batch_size / dt, "elapsed_s": elapsed,
-                                  "bad_samples": progress_state["bad"]})
-            bar.update(step, f"loss {step_loss:.3f} · {tc.batch_size / dt:.0f} samples/s")
-            out_of_time = tc.time_budget > 0 and _agree(int(elapsed >= tc.time_budget), "max", device) == 1
-            done = step >= total or out_of_time
-            if done:
-                total = step  # saved so: a run that ran out of time is finished, and resuming it trains nothing
-            progress_state.update(step=step, total=total, elapsed=elapsed)
-            if step % tc.ckpt_every == 0 or done or (stop_after is not None and step - start >= stop_after):
-                last_ckpt = _save(out, step, module, optimizer, progress_state, cfg, info)
-            if done:
-                break
-            if stop_after is not None and step - start >= stop_after:
+            trained = _optimizer_step(run, loop, ddp, data_iter)
+            if trained is not None and _after_step(run, loop, logger, bar, t_step, *trained):
                 break
     finally:
         bar.close()
         logger.close()
-    seconds = time.monotonic() - t0
-    if info.is_main:
-        _plot(out)
-    return TrainResult(out, last_ckpt, step, seconds, (step - start) * tc.batch_size, losses, progress_state["bad"],
-                       progress_state["seen"], notes)
+    seconds = time.monotonic() - loop.t0
+    if run.info.is_main:
+        _plot(run.out)
+    return TrainResult(run.out, loop.last_ckpt, loop.step, seconds, (loop.step - loop.start) * run.cfg.train.batch_size,
+                       loop.losses, loop.progress["bad"], loop.progress["seen"], run.notes)
+
+
+def _optimizer_step(run: _Run, loop: _Loop, ddp: torch.nn.Module,
+                    data_iter: Iterator[dict]) -> tuple[float, dict, torch.Tensor | None] | None:
+    """One optimizer step over ``grad_accum`` micro-batches: (loss, last metrics, gradient norm), or None
+    when the loss was non-finite on some rank (the step is skipped, its gradients dropped)."""
+    tc = run.cfg.train
+    set_lr(run.optimizer, lr_factor(loop.step, loop.total, tc.warmup_steps, tc.min_lr_ratio))
+    run.optimizer.zero_grad(set_to_none=True)
+    step_loss, metrics = 0.0, {}
+    micro = tc.batch_size // tc.grad_accum
+    for m in range(tc.grad_accum):
+        raw = next(data_iter)
+        loop.progress["bad"] += raw["num_bad"]
+        loop.progress["seen"] += raw["num_seen"]
+        batch = _to_batch(raw, run.device, micro, run.specials.pad_id)
+        with autocast(run.precision, run.device):
+            loss, metrics = ddp(batch, loop.step, m)
+        (loss / tc.grad_accum).backward()
+        step_loss += float(reduce_mean(loss)) / tc.grad_accum
+    _check_bad_fraction(loop.progress, run.cfg.data.max_bad_fraction)
+    if not _all_finite(torch.tensor(step_loss)):
+        loop.nonfinite += 1
+        run.optimizer.zero_grad(set_to_none=True)
+        if loop.nonfinite > tc.max_nonfinite:
+            raise TrainingDiverged(f"loss was non-finite for {loop.nonfinite} steps in a row at step {loop.step}; "
+                                   "lower train.lr or raise train.warmup_steps")
+        loop.step += 1
+        return None
+    loop.nonfinite = 0
+    log_now = loop.step + 1 == loop.total or (loop.step + 1) % tc.log_every == 0
+    grad_norm = _grad_norm(run.module, tc.grad_clip, log_now)
+    run.optimizer.step()
+    run.module.after_step()
+    loop.step += 1
+    loop.losses.append(step_loss)
+    return step_loss, metrics, grad_norm
+
+
+def _after_step(run: _Run, loop: _Loop, logger: MetricsLogger, bar: TrainProgress, t_step: float, step_loss: float,
+                metrics: dict, grad_norm: torch.Tensor | None) -> bool:
+    """Re-fit a time budget's schedule, log, checkpoint; True when the run stops here."""
+    tc = run.cfg.train
+    dt = time.monotonic() - t_step
+    loop.step_times.append(dt)
+    elapsed = loop.elapsed0 + time.monotonic() - loop.t0
+    if tc.time_budget > 0:
+        calibrated = _calibrated_total(loop.step, loop.total, tc, elapsed, loop.step_times)
+        loop.total = _agree(calibrated, "min", run.device) if _calibration_due(loop.step, loop.total) else calibrated
+        bar.set_total(loop.total)
+    if loop.step % tc.log_every == 0 or loop.step == loop.total:
+        grad = {} if grad_norm is None else {"grad_norm": float(grad_norm)}
+        logger.log(loop.step, {"loss": step_loss, **metrics, "lr": run.optimizer.param_groups[-1]["lr"], **grad,
+                               "samples_per_s": tc.batch_size / dt, "elapsed_s": elapsed,
+                               "bad_samples": loop.progress["bad"]})
+    bar.update(loop.step, f"loss {step_loss:.3f} · {tc.batch_size / dt:.0f} samples/s")
+    out_of_time = tc.time_budget > 0 and _agree(int(elapsed >= tc.time_budget), "max", run.device) == 1
+    done = loop.step >= loop.total or out_of_time
+    if done:
+        loop.total = loop.step  # saved so: a run that ran out of time is finished, and resuming it trains nothing
+    loop.progress.update(step=loop.step, total=loop.total, elapsed=elapsed)
+    stopping = run.stop_after is not None and loop.step - loop.start >= run.stop_after
+    if loop.step % tc.ckpt_every == 0 or done or stopping:
+        loop.last_ckpt = _save(run.out, loop.step, run.module, run.optimizer, loop.progress, run.cfg, run.info)
+    return done or stopping
 
 
 def _grad_norm(module: Pretrainer, clip: float, wanted: bool) -> torch.Tensor | None:

@@ -53,7 +53,10 @@ class FusionOutput:
 
 
 class FusionEncoder(nn.Module):
-    """Fuses text states (B, Lt, text_width) with image tokens (B, Li, image_width); see the module docstring."""
+    """Fuses text states (B, Lt, text_width) with image tokens (B, Li, image_width); see the module docstring.
+
+    Each mode is one method, ``_fuse_<mode>``; :meth:`forward` checks the request and hands it a
+    :class:`_FusionCall` (the call's masks and options, which blocks keep a graph, the attention maps)."""
 
     def __init__(
         self,
@@ -124,81 +127,123 @@ class FusionEncoder(nn.Module):
         """
         if not (need_text or need_image):
             raise ValueError("fusion asked for neither text nor image states")
-        skip_last_text = not need_text and not return_attention and self.mode != "merged"
         if image_index is not None:
             if image_mask is not None:
                 image_mask = image_mask.index_select(0, image_index)
             if self.mode != "text_to_image" and not (self.mode == "two_stream" and not need_image):
                 image, image_index = image.index_select(0, image_index), None
-        text_mask = text_mask.to(torch.bool)
-        image_mask = None if image_mask is None else image_mask.to(torch.bool)
-        last = len(self.blocks) - 1
-        w_self = w_image = w_cls = None
-        text_packing = Packing.for_mask(text_mask)  # once for every text-stream block
+        call = _FusionCall(self.mode, len(self.blocks) - 1, text_mask, image_mask, image_index, return_attention,
+                           need_image, need_text, text_grad, image_grad)
+        return getattr(self, f"_fuse_{self.mode}")(text, image, call)
 
-        def text_block(i: int, blk: Block, x: Tensor, ctx: Tensor) -> Tensor:
-            nonlocal w_self, w_image, w_cls
-            if not (return_attention and i == last):
-                return blk(x, mask=text_mask, context=ctx, context_mask=image_mask, packing=text_packing,
-                           context_index=image_index)
-            x, (ws, wc) = blk(x, mask=text_mask, context=ctx, context_mask=image_mask, return_attention="both",
-                              packing=text_packing, context_index=image_index)
-            w_cls, w_self, w_image = ws[:, :, 0], ws.mean(1), wc.mean(1)
-            return x
+    # ------------------------------------------------------------------ one method per mode
+    def _text_stream(self, text: Tensor, image: Tensor, call: "_FusionCall") -> tuple[Tensor, list[Tensor]]:
+        """ALBEF's text stream over ``image``: the last block's output and every block's input (the
+        ``two_stream`` image stream reads them). The last block is skipped when no one reads it."""
+        x = text
+        layer_inputs = []
+        for i, blk in enumerate(self.blocks):
+            layer_inputs.append(x)
+            if not (call.skip_last_text and i == call.last):
+                with torch.set_grad_enabled(call.text_block_grad[i]):
+                    x = call.text_block(i, blk, x, image)
+        return x, layer_inputs
 
-        grad = torch.is_grad_enabled()
-        image_stream = self.mode in ("two_stream", "cross") and need_image
-        # a text block's output is read by the text output (all blocks) and, in the two-stream modes,
-        # by the image stream (every block but the last); the same holds the other way round in `cross`
-        text_block_grad = [grad and (text_grad or (image_stream and image_grad and i < last)) for i in range(last + 1)]
-        image_block_grad = [grad and (image_grad or (self.mode == "cross" and text_grad and i < last))
-                            for i in range(last + 1)]
+    def _fuse_text_to_image(self, text: Tensor, image: Tensor, call: "_FusionCall") -> FusionOutput:
+        """ALBEF: the text stream alone; no image states come out."""
+        x, _ = self._text_stream(text, image, call)
+        return call.output(x, None)
 
-        if self.mode in ("text_to_image", "two_stream"):
-            x = text
-            layer_inputs = []
-            for i, blk in enumerate(self.blocks):
-                layer_inputs.append(x)
-                if not (skip_last_text and i == last):
-                    with torch.set_grad_enabled(text_block_grad[i]):
-                        x = text_block(i, blk, x, image)
-            img = None
-            if self.mode == "two_stream" and need_image:
-                assert self.image_blocks is not None
-                img = image
-                for i, (iblk, t_in) in enumerate(zip(self.image_blocks, layer_inputs)):
-                    with torch.set_grad_enabled(image_block_grad[i]):
-                        img = iblk(img, mask=image_mask, context=t_in, context_mask=text_mask)
-            return FusionOutput(None if skip_last_text else x, img, w_self, w_image, w_cls)
-
-        assert self.image_proj is not None
-        img = self.image_proj(image)
-        if self.mode == "cross":
+    def _fuse_two_stream(self, text: Tensor, image: Tensor, call: "_FusionCall") -> FusionOutput:
+        """The text stream as ``text_to_image``; the image stream (when needed) cross-attends to the
+        text stream's input of the same layer."""
+        x, layer_inputs = self._text_stream(text, image, call)
+        img = None
+        if call.need_image:
             assert self.image_blocks is not None
-            t = text
-            for i, (tblk, iblk) in enumerate(zip(self.blocks, self.image_blocks)):
-                with torch.set_grad_enabled(text_block_grad[i]):
-                    t_next = None if (skip_last_text and i == last) else text_block(i, tblk, t, img)
-                if need_image or i < last:
-                    with torch.set_grad_enabled(image_block_grad[i]):
-                        img = iblk(img, mask=image_mask, context=t, context_mask=text_mask)
-                t = t_next
-            return FusionOutput(None if skip_last_text else t, img if need_image else None, w_self, w_image, w_cls)
+            img = image
+            for i, (iblk, t_in) in enumerate(zip(self.image_blocks, layer_inputs)):
+                with torch.set_grad_enabled(call.image_block_grad[i]):
+                    img = iblk(img, mask=call.image_mask, context=t_in, context_mask=call.text_mask)
+        return call.output(x, img)
 
-        assert self.modality_embed is not None
+    def _fuse_cross(self, text: Tensor, image: Tensor, call: "_FusionCall") -> FusionOutput:
+        """Two-way co-attention: each layer's text and image blocks read the other stream's previous output."""
+        assert self.image_proj is not None and self.image_blocks is not None
+        img = self.image_proj(image)
+        t = text
+        for i, (tblk, iblk) in enumerate(zip(self.blocks, self.image_blocks)):
+            with torch.set_grad_enabled(call.text_block_grad[i]):
+                t_next = None if (call.skip_last_text and i == call.last) else call.text_block(i, tblk, t, img)
+            if call.need_image or i < call.last:
+                with torch.set_grad_enabled(call.image_block_grad[i]):
+                    img = iblk(img, mask=call.image_mask, context=t, context_mask=call.text_mask)
+            t = t_next
+        return call.output(t, img if call.need_image else None)
+
+    def _fuse_merged(self, text: Tensor, image: Tensor, call: "_FusionCall") -> FusionOutput:
+        """One stream over [text; image] with modality embeddings; it keeps its graph when either output
+        is trained (the grad flags cannot split it)."""
+        assert self.image_proj is not None and self.modality_embed is not None
+        img = self.image_proj(image)
         lt = text.shape[1]
+        image_mask = call.image_mask
         if image_mask is None:
             image_mask = torch.ones(img.shape[:2], dtype=torch.bool, device=img.device)
-        # one stream: it keeps its graph when either output is trained (the flags cannot split it)
         x = torch.cat([text + self.modality_embed[0], img + self.modality_embed[1]], dim=1)
-        mask = torch.cat([text_mask, image_mask], dim=1)
+        mask = torch.cat([call.text_mask, image_mask], dim=1)
         packing = Packing.for_mask(mask)
         for i, blk in enumerate(self.blocks):
-            if return_attention and i == last:
+            if call.return_attention and i == call.last:
                 x, w = blk(x, mask=mask, return_attention=True, packing=packing)
-                w_cls = w[:, :, 0, :lt]
-                w = w.mean(1)[:, :lt]
-                w_self, w_image = w[:, :, :lt], w[:, :, lt:]
+                call.keep_merged_attention(w, lt)
             else:
                 x = blk(x, mask=mask, packing=packing)
-        return FusionOutput(x[:, :lt], x[:, lt:], w_self, w_image, w_cls)
+        return call.output(x[:, :lt], x[:, lt:])
+
+
+class _FusionCall:
+    """One :meth:`FusionEncoder.forward` call: its masks and options, which blocks keep a graph, and the
+    last text-stream block's attention maps once a mode method has run it."""
+
+    def __init__(self, mode: str, last: int, text_mask: Tensor, image_mask: Tensor | None, image_index: Tensor | None,
+                 return_attention: bool, need_image: bool, need_text: bool, text_grad: bool, image_grad: bool):
+        self.last = last
+        self.text_mask = text_mask.to(torch.bool)
+        self.image_mask = None if image_mask is None else image_mask.to(torch.bool)
+        self.image_index = image_index
+        self.return_attention = return_attention
+        self.need_image = need_image
+        self.skip_last_text = not need_text and not return_attention and mode != "merged"
+        self.text_packing = Packing.for_mask(self.text_mask) if mode != "merged" else None  # once for every text block
+        grad = torch.is_grad_enabled()
+        image_stream = mode in ("two_stream", "cross") and need_image
+        # a text block's output is read by the text output (all blocks) and, in the two-stream modes,
+        # by the image stream (every block but the last); the same holds the other way round in `cross`
+        self.text_block_grad = [grad and (text_grad or (image_stream and image_grad and i < last)) for i in range(last + 1)]
+        self.image_block_grad = [grad and (image_grad or (mode == "cross" and text_grad and i < last))
+                                 for i in range(last + 1)]
+        self.w_self: Tensor | None = None
+        self.w_image: Tensor | None = None
+        self.w_cls: Tensor | None = None
+
+    def text_block(self, i: int, blk: Block, x: Tensor, ctx: Tensor) -> Tensor:
+        """Text-stream block ``i`` over ``x`` with cross-attention to ``ctx``; the last one keeps its
+        attention maps when they were asked for."""
+        if not (self.return_attention and i == self.last):
+            return blk(x, mask=self.text_mask, context=ctx, context_mask=self.image_mask, packing=self.text_packing,
+                       context_index=self.image_index)
+        x, (ws, wc) = blk(x, mask=self.text_mask, context=ctx, context_mask=self.image_mask, return_attention="both",
+                          packing=self.text_packing, context_index=self.image_index)
+        self.w_cls, self.w_self, self.w_image = ws[:, :, 0], ws.mean(1), wc.mean(1)
+        return x
+
+    def keep_merged_attention(self, w: Tensor, lt: int) -> None:
+        """The maps of ``merged``'s last block (B, heads, Lt + Li, Lt + Li): the text rows' parts."""
+        self.w_cls = w[:, :, 0, :lt]
+        w = w.mean(1)[:, :lt]
+        self.w_self, self.w_image = w[:, :, :lt], w[:, :, lt:]
+
+    def output(self, text: Tensor | None, image: Tensor | None) -> FusionOutput:
+        """The fused states with the kept maps; text is None when its last block was skipped."""
+        return FusionOutput(None if self.skip_last_text else text, image, self.w_self, self.w_image, self.w_cls)

@@ -198,65 +198,81 @@ def load_bert_into(
     state = {_rename(k): v for k, v in state.items()}
     # A plain BertModel checkpoint has no MLM head: the head then keeps its fresh initialisation.
     head = mlm_head if any(k.startswith("cls.predictions.") for k in state) else None
-    targets = _targets(text, fusion, head)
     needed_layers = len(text.blocks) + (len(fusion.blocks) if fusion is not None else 0)
-
-    copies: list[tuple[Tensor, Tensor]] = []
-    report = LoadReport()
-    missing = [k for k in targets if k not in state]
-    unexpected: list[str] = []
-    shapes: list[str] = []
-
-    def check(key: str, ours_name: str, ours: Tensor) -> None:
-        theirs = state[key]
-        if tuple(theirs.shape) != tuple(ours.shape):
-            shapes.append(f"{key}: checkpoint {tuple(theirs.shape)} vs model {ours_name} {tuple(ours.shape)}")
-        else:
-            copies.append((ours, theirs))
-            report.loaded.append(key)
-
-    for key in state:
-        if key in targets:
-            check(key, *targets[key])
-            continue
-        layer = _LAYER.match(key)
-        if layer is not None and int(layer.group(1)) >= needed_layers:
-            report.ignored.append(key)  # a deeper checkpoint than the model needs: take its first layers
-        elif any(p.match(key) for p in _IGNORED):
-            report.ignored.append(key)
-        elif key.startswith("cls.predictions.") and head is None:
-            report.ignored.append(key)
-        elif key in _MLM_BIAS and head is not None:
-            check(key, "mlm.bias", head.bias)
-        elif key == _MLM_DECODER and head is not None:
-            check(key, "mlm.decoder.weight", head.decoder.weight)
-        else:
-            unexpected.append(key)
-
+    plan = _LoadPlan(state, _targets(text, fusion, head))
+    plan.sort_keys(head, needed_layers)
     if head is not None:
-        if not any(k in state for k in _MLM_BIAS):
-            missing.append(_MLM_BIAS[0])
-        tied = head.decoder.weight is text.word_embeddings.weight
-        if not tied and _MLM_DECODER not in state:
-            # HF ties the decoder to the word embeddings and usually does not store it: copy those.
-            source = "embeddings.word_embeddings.weight"
-            if source in state and tuple(state[source].shape) == tuple(head.decoder.weight.shape):
-                copies.append((head.decoder.weight, state[source]))
+        plan.check_head(head, text)
+    plan.raise_on_mismatch(needed_layers, len(text.blocks))
+    with torch.no_grad():
+        for ours, theirs in plan.copies:
+            ours.copy_(theirs.to(dtype=ours.dtype, device=ours.device))
+    return plan.report
+
+
+class _LoadPlan:
+    """What loading ``state`` would do: the copies to make, and every problem, found before anything is copied."""
+
+    def __init__(self, state: dict[str, Tensor], targets: dict[str, tuple[str, Tensor]]):
+        self.state = state
+        self.targets = targets
+        self.copies: list[tuple[Tensor, Tensor]] = []
+        self.report = LoadReport()
+        self.missing = [k for k in targets if k not in state]
+        self.unexpected: list[str] = []
+        self.shapes: list[str] = []
+
+    def check(self, key: str, ours_name: str, ours: Tensor) -> None:
+        """Plan the copy of checkpoint ``key`` into ``ours``, or note the shape mismatch."""
+        theirs = self.state[key]
+        if tuple(theirs.shape) != tuple(ours.shape):
+            self.shapes.append(f"{key}: checkpoint {tuple(theirs.shape)} vs model {ours_name} {tuple(ours.shape)}")
+        else:
+            self.copies.append((ours, theirs))
+            self.report.loaded.append(key)
+
+    def sort_keys(self, head: MLMHead | None, needed_layers: int) -> None:
+        """Every checkpoint key is loaded, knowingly ignored, or unexpected."""
+        for key in self.state:
+            if key in self.targets:
+                self.check(key, *self.targets[key])
+                continue
+            layer = _LAYER.match(key)
+            if layer is not None and int(layer.group(1)) >= needed_layers:
+                self.report.ignored.append(key)  # a deeper checkpoint than the model needs: take its first layers
+            elif any(p.match(key) for p in _IGNORED):
+                self.report.ignored.append(key)
+            elif key.startswith("cls.predictions.") and head is None:
+                self.report.ignored.append(key)
+            elif key in _MLM_BIAS and head is not None:
+                self.check(key, "mlm.bias", head.bias)
+            elif key == _MLM_DECODER and head is not None:
+                self.check(key, "mlm.decoder.weight", head.decoder.weight)
             else:
-                missing.append(_MLM_DECODER)
-    if missing or unexpected or shapes:
-        message = describe_mismatch(missing, unexpected, shapes)
-        have = {int(m.group(1)) for k in state if (m := _LAYER.match(k))}
+                self.unexpected.append(key)
+
+    def check_head(self, head: MLMHead, text: TextEncoder) -> None:
+        """The head's bias must be stored; an untied decoder comes from the checkpoint or, as HF ties it to
+        the word embeddings and usually does not store it, from those."""
+        if not any(k in self.state for k in _MLM_BIAS):
+            self.missing.append(_MLM_BIAS[0])
+        tied = head.decoder.weight is text.word_embeddings.weight
+        if not tied and _MLM_DECODER not in self.state:
+            source = "embeddings.word_embeddings.weight"
+            if source in self.state and tuple(self.state[source].shape) == tuple(head.decoder.weight.shape):
+                self.copies.append((head.decoder.weight, self.state[source]))
+            else:
+                self.missing.append(_MLM_DECODER)
+
+    def raise_on_mismatch(self, needed_layers: int, text_depth: int) -> None:
+        """One :class:`CheckpointMismatch` naming every problem, with the layer count when too few are stored."""
+        if not (self.missing or self.unexpected or self.shapes):
+            return
+        message = describe_mismatch(self.missing, self.unexpected, self.shapes)
+        have = {int(m.group(1)) for k in self.state if (m := _LAYER.match(k))}
         if len(have) < needed_layers:
-            fusion_depth = needed_layers - len(text.blocks)
             message += (
                 f"\n  (the checkpoint has {len(have)} layers; the model needs {needed_layers}: "
-                f"text.depth {len(text.blocks)} + fusion.depth {fusion_depth})"
+                f"text.depth {text_depth} + fusion.depth {needed_layers - text_depth})"
             )
         raise CheckpointMismatch(message)
-
-    with torch.no_grad():
-        for ours, theirs in copies:
-            ours.copy_(theirs.to(dtype=ours.dtype, device=ours.device))
-    return report
-

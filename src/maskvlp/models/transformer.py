@@ -220,6 +220,26 @@ class Block(nn.Module):
         computation is a host sync on a GPU); None runs padded. ``context_index``: row r of ``x`` reads
         context row ``context_index[r]`` (:meth:`Attention.forward`).
         """
+        want_self, want_cross = self._requested(return_attention, context)
+        if packing is True:
+            packing = Packing.for_mask(mask)
+        if packing is not None:
+            x = packing.pack(x)
+        layers = self._pre_norm_layers if self.pre_norm else self._post_norm_layers
+        x, w_self, w_cross = layers(x, mask, context, context_mask, want_self, want_cross, packing, context_index)
+        if packing is not None:
+            x = packing.unpack(x)
+
+        if return_attention == "both":
+            return x, (w_self, w_cross)
+        if want_cross:
+            return x, w_cross
+        if want_self:
+            return x, w_self
+        return x
+
+    def _requested(self, return_attention: AttentionRequest, context: Tensor | None) -> tuple[bool, bool]:
+        """Which weights ``return_attention`` asks for, ``(self, cross)``, after checking the call fits the block."""
         want_both = return_attention == "both"
         want_cross = return_attention == "cross" or want_both
         want_self = bool(return_attention) and (want_both or not want_cross)
@@ -227,38 +247,34 @@ class Block(nn.Module):
             raise ValueError("this block has cross-attention: pass `context`")
         if return_attention == "cross" and self.cross is None:
             raise ValueError("return_attention='cross' on a block without cross-attention")
+        return want_self, want_cross
 
-        if packing is True:
-            packing = Packing.for_mask(mask)
-        if packing is not None:
-            x = packing.pack(x)
-        if self.pre_norm:
-            a, w_self = self._call(self.attn, self.norm1(x), None, mask, want_self, packing)
-            x = x + a
-            w_cross = None
-            if self.cross is not None:
-                c, w_cross = self._call(self.cross, self.norm_cross(x), context, context_mask, want_cross, packing,
-                                        context_index)
-                x = x + c
-            x = x + self.mlp(self.norm2(x))
-        else:
-            a, w_self = self._call(self.attn, x, None, mask, want_self, packing)
-            x = self.norm1(x + a)
-            w_cross = None
-            if self.cross is not None:
-                c, w_cross = self._call(self.cross, x, context, context_mask, want_cross, packing, context_index)
-                x = self.norm_cross(x + c)
-            x = self.norm2(x + self.mlp(x))
-        if packing is not None:
-            x = packing.unpack(x)
+    def _pre_norm_layers(self, x: Tensor, mask: Tensor | None, context: Tensor | None, context_mask: Tensor | None,
+                         want_self: bool, want_cross: bool, packing: Packing | None,
+                         context_index: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """ViT layout: x += attn(norm1(x)); x += cross(norm_cross(x), ctx); x += mlp(norm2(x))."""
+        a, w_self = self._call(self.attn, self.norm1(x), None, mask, want_self, packing)
+        x = x + a
+        w_cross = None
+        if self.cross is not None:
+            c, w_cross = self._call(self.cross, self.norm_cross(x), context, context_mask, want_cross, packing,
+                                    context_index)
+            x = x + c
+        x = x + self.mlp(self.norm2(x))
+        return x, w_self, w_cross
 
-        if want_both:
-            return x, (w_self, w_cross)
-        if want_cross:
-            return x, w_cross
-        if want_self:
-            return x, w_self
-        return x
+    def _post_norm_layers(self, x: Tensor, mask: Tensor | None, context: Tensor | None, context_mask: Tensor | None,
+                          want_self: bool, want_cross: bool, packing: Packing | None,
+                          context_index: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """BERT layout: x = norm1(x + attn(x)); x = norm_cross(x + cross(x, ctx)); x = norm2(x + mlp(x))."""
+        a, w_self = self._call(self.attn, x, None, mask, want_self, packing)
+        x = self.norm1(x + a)
+        w_cross = None
+        if self.cross is not None:
+            c, w_cross = self._call(self.cross, x, context, context_mask, want_cross, packing, context_index)
+            x = self.norm_cross(x + c)
+        x = self.norm2(x + self.mlp(x))
+        return x, w_self, w_cross
 
 
 def init_weights(module: nn.Module, std: float = 0.02) -> None:

@@ -1,17 +1,24 @@
 """The objective interface and registry.
 
 An objective reads what the step already computed (a :class:`~maskvlp.objectives.context.StepContext`)
-and returns its loss and metrics. It declares the model parts it needs so the model builds only those.
+and returns its loss and metrics. It declares what it reads (:class:`~maskvlp.objectives.reads.Reads`:
+model parts, text passes, masked-caption image states) so the model builds only those parts and the step
+batches and shares the passes. Its parameters are its dataclass in :mod:`maskvlp.config.objective_params`,
+their defaults and valid values declared there and checked by the config layer.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 import torch
 import torch.nn as nn
 
-from maskvlp.config import ConfigError, ModelConfig
+from maskvlp.config import (
+    OBJECTIVE_PARAMS, ConfigError, ModelConfig, ObjectiveParams, check_objective_params, objective_params,
+)
+from maskvlp.objectives.context import StepContext
+from maskvlp.objectives.reads import Reads
 
 _REGISTRY: dict[str, type["Objective"]] = {}
 
@@ -23,38 +30,28 @@ class ObjectiveOutput:
 
 
 class Objective(nn.Module):
-    """One loss. Subclasses set ``name`` and ``needs`` and implement ``forward(ctx)``.
+    """One loss. Subclasses set ``name`` and implement ``forward(ctx)`` and, when they read more than the
+    clean unimodal passes, ``reads()``.
 
     Objectives are modules so that their state (an ITC queue, a prototype centre) is saved in
     checkpoints with the model.
     """
 
     name: ClassVar[str]
-    needs: ClassVar[frozenset[str]] = frozenset()
 
-    def __init__(self, model_cfg: ModelConfig, **params: Any):
+    def __init__(self, model_cfg: ModelConfig, params: ObjectiveParams | None = None):
+        """``params``: this objective's parameter dataclass (``maskvlp.config.OBJECTIVE_PARAMS[name]``), checked
+        here as at load time; None takes the defaults."""
         super().__init__()
-        if params:
-            raise ConfigError(f"objective {self.name!r} has no parameter(s) {', '.join(sorted(params))}")
+        self.params = OBJECTIVE_PARAMS[self.name]() if params is None else params
+        check_objective_params(self.name, self.params)
 
-    def required_parts(self) -> set[str]:
-        """Model parts this instance needs (may depend on its parameters)."""
-        return set(self.needs)
+    def reads(self) -> Reads:
+        """What this instance reads from the step (may depend on its parameters). Default: nothing
+        beyond the clean unimodal passes, which every model has."""
+        return Reads()
 
-    def masked_text_image_states(self) -> set[tuple]:
-        """Text-mask keys (:func:`~maskvlp.objectives.context.text_mask_key`) whose masked-caption fusion
-        (``ctx.fused_masked_text``) this objective reads *image* states from. Declared up front so a pass
-        shared with a text-only reader (MLM) computes them once. Default: none."""
-        return set()
-
-    def text_passes(self) -> set[tuple]:
-        """The text-tower passes this objective reads, as ``(teacher, what)`` with ``what`` one of the
-        context's ``CLEAN``, ``NEGATIVES`` or a text-mask key: a step runs each tower's declared passes as
-        one batch (:meth:`~maskvlp.objectives.context.StepContext.encoded_text`). Undeclared passes still
-        work, each on its own. Default: none."""
-        return set()
-
-    def forward(self, ctx: Any) -> ObjectiveOutput:  # pragma: no cover - interface
+    def forward(self, ctx: StepContext) -> ObjectiveOutput:  # pragma: no cover - interface
         raise NotImplementedError
 
     @torch.no_grad()
@@ -73,6 +70,8 @@ def require_image_states(name: str, model_cfg: ModelConfig, why: str) -> None:
 
 
 def register(cls: type[Objective]) -> type[Objective]:
+    if cls.name not in OBJECTIVE_PARAMS:  # the config layer must know every objective a recipe may name
+        raise TypeError(f"objective {cls.name!r} has no parameter class in maskvlp.config.OBJECTIVE_PARAMS")
     _REGISTRY[cls.name] = cls
     return cls
 
@@ -81,25 +80,10 @@ def objective_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build_objective(name: str, model_cfg: ModelConfig, params: dict[str, Any]) -> Objective:
+def build_objective(name: str, model_cfg: ModelConfig,
+                    params: ObjectiveParams | Mapping[str, Any] | None = None) -> Objective:
+    """Objective ``name`` with ``params``: its parameter dataclass, or a recipe-style mapping of the
+    parameters that differ from the defaults (merged and checked as ``load_config`` does)."""
     if name not in _REGISTRY:
         raise ConfigError(f"unknown objective {name!r}; valid objectives: {', '.join(objective_names())}")
-    try:
-        return _REGISTRY[name](model_cfg, **params)
-    except TypeError as err:  # unknown keyword in a recipe's params
-        raise ConfigError(f"objective {name!r}: {err}") from None
-
-
-def take(params: dict[str, Any], defaults: dict[str, Any], name: str) -> dict[str, Any]:
-    """Merge recipe params over defaults; unknown keys are a config error naming the valid ones."""
-    unknown = set(params) - set(defaults)
-    if unknown:
-        raise ConfigError(
-            f"objective {name!r} has no parameter(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(defaults))}")
-    out = dict(defaults)
-    for key, value in params.items():
-        if defaults[key] is not None and not isinstance(value, type(defaults[key])) and not (
-                isinstance(defaults[key], float) and isinstance(value, int)):
-            raise ConfigError(f"objective {name!r} parameter {key!r} must be {type(defaults[key]).__name__}, got {value!r}")
-        out[key] = value
-    return out
+    return _REGISTRY[name](model_cfg, objective_params(name, params))

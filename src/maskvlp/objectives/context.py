@@ -23,10 +23,9 @@ from maskvlp.masking import MaskedText, bert_text_mask
 from maskvlp.models.fusion import FusionOutput
 from maskvlp.models.vlp import Encoded, VLPModel
 from maskvlp.negatives import perturb_batch
+from maskvlp.objectives.reads import Reads, TextInput, TextMaskKey, TextPass, TextSource
 
-
-CLEAN, NEGATIVES = "clean", "negatives"  # text passes besides masked captions (keyed by their text_mask_key)
-TextPass = tuple  # (teacher: bool, CLEAN | NEGATIVES | text_mask_key(...))
+CLEAN, NEGATIVES = TextInput.CLEAN, TextInput.NEGATIVES  # text passes besides masked captions
 
 
 def cat_rows_padded(tensors: list[torch.Tensor], value: float = 0) -> torch.Tensor:
@@ -35,9 +34,8 @@ def cat_rows_padded(tensors: list[torch.Tensor], value: float = 0) -> torch.Tens
     return torch.cat([F.pad(t.movedim(1, -1), (0, width - t.shape[1]), value=value).movedim(-1, 1) for t in tensors])
 
 
-def text_mask_key(ratio: float, mask_fraction: float = 0.8, random_fraction: float = 0.1) -> tuple:
-    """The cache key of one text-masking setting: objectives naming the same key share the mask and its passes."""
-    return ("bert", float(ratio), float(mask_fraction), float(random_fraction))
+def _mask_key(ratio: float | TextMaskKey, mask_fraction: float, random_fraction: float) -> TextMaskKey:
+    return ratio if isinstance(ratio, TextMaskKey) else TextMaskKey(ratio, mask_fraction, random_fraction)
 
 
 def step_generator(seed: int, step: int, micro: int, purpose: str) -> torch.Generator:
@@ -49,27 +47,29 @@ def step_generator(seed: int, step: int, micro: int, purpose: str) -> torch.Gene
 
 
 class StepContext:
+    """The passes of one step, computed at most once. ``reads`` is what the step's objectives declared
+    (:meth:`~maskvlp.objectives.base.Objective.reads`): its text passes and masked-caption image states."""
+
     def __init__(self, model: VLPModel, batch: Batch, step: int, seed: int, specials: TextSpecials, micro: int = 0,
-                 masked_text_image_states: frozenset[tuple] = frozenset(),
-                 text_passes: frozenset[TextPass] = frozenset()):
+                 reads: Reads = Reads()):
         self.model = model
         self.micro = micro  # micro-batch index under gradient accumulation
         self.batch = batch
         self.step = step
         self.seed = seed
         self.specials = specials
-        self._masked: dict[tuple, MaskedText] = {}
+        self._masked: dict[TextMaskKey, MaskedText] = {}
         self._image_masks: dict[str, object] = {}
         self._masked_images: dict[tuple[str, str], Encoded] = {}
         self._teacher_full: FusionOutput | None = None
         self._teacher_text_only: FusionOutput | None = None
-        # text-mask keys whose masked-caption fusion some objective reads image states from (declared up front,
+        # text masks whose masked-caption fusion some objective reads image states from (declared up front,
         # so the one pass computes them even when a text-only reader asks first)
-        self._masked_text_image_states = masked_text_image_states
-        self._fused_masked_text: dict[tuple, FusionOutput] = {}
-        # text-tower passes the step's objectives declared (Objective.text_passes): the first request runs
-        # each tower's declared passes as one batch; an undeclared request runs alone
-        self._text_passes = text_passes
+        self._masked_text_image_states = reads.masked_text_image_states
+        self._fused_masked_text: dict[TextMaskKey, FusionOutput] = {}
+        # text-tower passes the step's objectives declared: the first request runs each tower's declared
+        # passes as one batch; an undeclared request runs alone
+        self._text_passes = reads.text_passes
         self._text: dict[TextPass, Encoded] = {}
 
     # ------------------------------------------------------------------ randomness
@@ -105,30 +105,33 @@ class StepContext:
     def teacher_text(self) -> Encoded:
         return self.encoded_text(True, CLEAN)
 
-    def _text_input(self, what: str | tuple) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _text_input(self, what: TextSource) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(ids, attention mask) of one text pass: the captions, their twins (None when no row has one),
-        or the captions under a text mask (``what`` = its :func:`text_mask_key`)."""
-        if what == CLEAN:
+        or the captions under a text mask."""
+        if what is CLEAN:
             return self.batch.input_ids, self.batch.attention_mask
-        if what == NEGATIVES:
+        if what is NEGATIVES:
             ids, mask, has = self.negative_captions
             return (ids, mask) if bool(has.any()) else None
-        return self.masked_text(*what[1:]).input_ids, self.batch.attention_mask
+        if not isinstance(what, TextMaskKey):
+            raise TypeError(f"a text pass reads a TextInput or a TextMaskKey, got {what!r}")
+        return self.masked_text(what).input_ids, self.batch.attention_mask
 
-    def encoded_text(self, teacher: bool, what: str | tuple) -> Encoded:
+    def encoded_text(self, teacher: bool, what: TextSource) -> Encoded:
         """One text-tower pass (student or EMA teacher), once per step: ``CLEAN`` captions, their
-        ``NEGATIVES`` (ask only when a row has one), or a :func:`text_mask_key`'s masked captions.
+        ``NEGATIVES`` (ask only when a row has one), or the captions under a :class:`TextMaskKey`.
 
         When the pass was declared, every declared pass of that tower runs with it as one batch
         (padded to the longest; the padding is skipped by the blocks and masked as keys): one embedding
         gradient of the vocabulary's size instead of one per pass, and fewer, larger matmuls.
         """
-        key = (teacher, what)
+        key = TextPass(teacher, what)
         if key not in self._text:
             group = [key]
             if key in self._text_passes:
-                group = sorted((p for p in self._text_passes if p[0] == teacher and p not in self._text), key=repr)
-            inputs = [(p, self._text_input(p[1])) for p in group]
+                group = sorted((p for p in self._text_passes if p.teacher == teacher and p not in self._text),
+                               key=lambda p: p.order)
+            inputs = [(p, self._text_input(p.what)) for p in group]
             inputs = [(p, x) for p, x in inputs if x is not None]
             ids, masks = [x[0] for _, x in inputs], [x[1] for _, x in inputs]
             ids_all, mask_all = cat_rows_padded(ids, self.specials.pad_id), cat_rows_padded(masks)
@@ -172,17 +175,20 @@ class StepContext:
         As in ALBEF: student image features against teacher text features when a teacher exists.
         """
         with torch.no_grad():
-            text = self.teacher_text.embed if self.model.teacher is not None else self.text.embed
+            text = self.teacher_text.embed if self.has_teacher else self.text.embed
             image = all_gather_nograd(self.image.embed)
             return image @ all_gather_nograd(text).T / self.model.temp.detach()
 
     # ------------------------------------------------------------------ masked inputs
-    def masked_text(self, ratio: float = 0.15, mask_fraction: float = 0.8, random_fraction: float = 0.1) -> MaskedText:
-        """BERT-style text masking of the batch, made once per step per setting.
+    def masked_text(self, ratio: float | TextMaskKey = 0.15, mask_fraction: float = 0.8,
+                    random_fraction: float = 0.1) -> MaskedText:
+        """BERT-style text masking of the batch, made once per step per setting: a :class:`TextMaskKey`, or
+        its three values.
 
         ``mask_fraction=1, random_fraction=0`` is plain all-[MASK] masking (SCL's completion pass).
         """
-        key = text_mask_key(ratio, mask_fraction, random_fraction)
+        key = _mask_key(ratio, mask_fraction, random_fraction)
+        ratio, mask_fraction, random_fraction = key.ratio, key.mask_fraction, key.random_fraction
         if key not in self._masked:
             ids = self.batch.input_ids
             split = "" if (mask_fraction, random_fraction) == (0.8, 0.1) else f"-{mask_fraction}-{random_fraction}"
@@ -194,19 +200,19 @@ class StepContext:
             )
         return self._masked[key]
 
-    def fused_masked_text(self, ratio: float = 0.15, mask_fraction: float = 0.8, random_fraction: float = 0.1,
-                          need_image: bool = False) -> tuple[MaskedText, FusionOutput]:
+    def fused_masked_text(self, ratio: float | TextMaskKey = 0.15, mask_fraction: float = 0.8,
+                          random_fraction: float = 0.1, need_image: bool = False) -> tuple[MaskedText, FusionOutput]:
         """The student's masked caption (:meth:`masked_text`) through the text tower and the fusion with the
         clean image, once per step per mask: MLM's pass, and SCL's completion pass B when both name one mask.
 
         Image states (``need_image``) are targets, so that stream keeps no graph (``image_grad=False``; the
         text states and their gradient are those of a text-only pass). They are computed on the first
         request when an objective declared it reads them for this mask
-        (:meth:`~maskvlp.objectives.base.Objective.masked_text_image_states`), so a text-only reader that
-        asks first shares the pass; undeclared, a later image request re-runs the fusion (correct, slower).
+        (``Reads.masked_text_image_states``), so a text-only reader that asks first shares the pass;
+        undeclared, a later image request re-runs the fusion (correct, slower).
         """
-        key = text_mask_key(ratio, mask_fraction, random_fraction)
-        masked = self.masked_text(ratio, mask_fraction, random_fraction)
+        key = _mask_key(ratio, mask_fraction, random_fraction)
+        masked = self.masked_text(key)
         cached = self._fused_masked_text.get(key)
         if cached is None or (need_image and cached.image is None):
             with_image = need_image or key in self._masked_text_image_states
@@ -277,6 +283,34 @@ class StepContext:
     def teacher_fused(self) -> FusionOutput:
         """``teacher_fusion(need_image=True)``."""
         return self.teacher_fusion(need_image=True)
+
+    # ------------------------------------------------------------------ the EMA teacher's other passes
+    # Objectives reach the teacher only through the context: the cached passes above, and these.
+    @property
+    def has_teacher(self) -> bool:
+        """Whether the model was built with an EMA teacher (an objective's reads named TEACHER or TEACHER_FUSION)."""
+        return self.model.teacher is not None
+
+    def teacher_fuse(self, text_tokens: torch.Tensor, text_mask: torch.Tensor, image_tokens: torch.Tensor,
+                     **kwargs) -> FusionOutput:
+        """The EMA teacher's fusion of the given streams, without gradient (``kwargs`` as ``VLPModel.fuse``):
+        an objective's own teacher pass, e.g. MLM's distillation over the masked caption. The clean pair's
+        fusion is :meth:`teacher_fusion`, once per step."""
+        with torch.no_grad():
+            return self.model.fuse(text_tokens, text_mask, image_tokens, teacher=True, **kwargs)
+
+    def teacher_masked_image(self, masked: torch.Tensor) -> Encoded:
+        """The EMA teacher's image pass with the patches marked in ``masked`` (B, N) replaced by its mask
+        token, without gradient (SIMLA's momentum prediction). Not cached: one objective asks."""
+        with torch.no_grad():
+            return self.model.encode_image(self.batch.images, mask=masked, teacher=True)
+
+    def teacher_mlm_logits(self, states: torch.Tensor) -> torch.Tensor:
+        """The EMA teacher's MLM head (built with TEACHER_FUSION and an MLM head) on fused text states, without gradient."""
+        if self.model.teacher is None or "mlm_head" not in self.model.teacher:
+            raise RuntimeError("this model's teacher has no MLM head (an objective must read TEACHER_FUSION and MLM)")
+        with torch.no_grad():
+            return self.model.teacher["mlm_head"](states)
 
     @cached_property
     def patch_relevance(self) -> torch.Tensor:

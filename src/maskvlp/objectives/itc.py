@@ -18,17 +18,17 @@ text pass), so the soft targets cover the extra columns.
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from maskvlp.config import ConfigError, ModelConfig
+from maskvlp.config import ITCParams, ModelConfig
 from maskvlp.distributed import all_gather_nograd, all_gather_with_grad, local_slice
 from maskvlp.models.vlp import TEACHER
-from maskvlp.negatives import text_negatives_enabled
-from maskvlp.objectives.base import Objective, ObjectiveOutput, register, take
-from maskvlp.objectives.context import CLEAN, NEGATIVES
+from maskvlp.objectives.base import Objective, ObjectiveOutput, register
+from maskvlp.objectives.context import CLEAN, NEGATIVES, StepContext
+from maskvlp.objectives.reads import Reads, TextPass
 
 
 class FeatureQueue(torch.nn.Module):
@@ -104,36 +104,29 @@ def rows_with_negatives(embed: torch.Tensor, has_negative: torch.Tensor) -> torc
 @register
 class ITC(Objective):
     name = "itc"
-    DEFAULTS: dict[str, Any] = {"momentum_features": True, "queue": True, "alpha": 0.4, "alpha_ramp_steps": 200,
-                                "batch_features": "teacher", "text_negatives": "none"}
 
-    def __init__(self, model_cfg: ModelConfig, **params: Any):
-        super().__init__(model_cfg)
-        p = take(params, self.DEFAULTS, self.name)
-        self.momentum_features: bool = p["momentum_features"]
-        self.alpha: float = p["alpha"] if p["momentum_features"] else 0.0
-        self.alpha_ramp_steps: int = p["alpha_ramp_steps"]
-        if p["batch_features"] not in ("teacher", "student"):
-            raise ConfigError(f"objective 'itc' parameter batch_features must be teacher or student, got {p['batch_features']!r}")
-        self.batch_features: str = p["batch_features"]
-        self.queue = FeatureQueue(model_cfg.queue_size, model_cfg.embed_dim) if p["queue"] and p["momentum_features"] else None
-        self.text_negatives: bool = text_negatives_enabled(p["text_negatives"], self.name)
+    def __init__(self, model_cfg: ModelConfig, params: ITCParams | None = None):
+        super().__init__(model_cfg, params)
+        p: ITCParams = self.params
+        self.momentum_features: bool = p.momentum_features
+        self.alpha: float = p.alpha if p.momentum_features else 0.0
+        self.alpha_ramp_steps: int = p.alpha_ramp_steps
+        self.batch_features: str = p.batch_features
+        self.queue = FeatureQueue(model_cfg.queue_size, model_cfg.embed_dim) if p.queue and p.momentum_features else None
+        self.text_negatives: bool = p.text_negatives != "none"
 
-    def required_parts(self) -> set[str]:
-        return {TEACHER} if self.momentum_features else set()
-
-    def text_passes(self) -> set[tuple]:
-        passes = {(False, CLEAN)} | ({(False, NEGATIVES)} if self.text_negatives else set())
+    def reads(self) -> Reads:
+        passes = {TextPass(False, CLEAN)} | ({TextPass(False, NEGATIVES)} if self.text_negatives else set())
         if self.momentum_features:
-            passes.add((True, CLEAN))
+            passes.add(TextPass(True, CLEAN))
             if self.text_negatives and (self.alpha > 0 or self.batch_features == "teacher"):
-                passes.add((True, NEGATIVES))
-        return passes
+                passes.add(TextPass(True, NEGATIVES))
+        return Reads(parts={TEACHER} if self.momentum_features else set(), text_passes=passes)
 
     def current_alpha(self, step: int) -> float:
         return self.alpha * min(1.0, (step + 1) / max(1, self.alpha_ramp_steps))
 
-    def forward(self, ctx) -> ObjectiveOutput:
+    def forward(self, ctx: StepContext) -> ObjectiveOutput:
         model = ctx.model
         with torch.no_grad():
             model.temp.clamp_(0.001, 0.5)
@@ -158,7 +151,7 @@ class ITC(Objective):
         loss = (soft_cross_entropy(sim_i2t, i2t_targets) + soft_cross_entropy(txt @ all_img.T / temp, targets)) / 2
         return ObjectiveOutput(loss, metrics)
 
-    def _twins(self, ctx) -> Twins | None:
+    def _twins(self, ctx: StepContext) -> Twins | None:
         """The batch's caption twins as columns; None when off or no caption of the global batch has one."""
         if not self.text_negatives:
             return None
@@ -175,7 +168,7 @@ class ITC(Objective):
         return Twins(student, teacher, valid, torch.where(valid, 0.0, NO_COLUMN).to(student.dtype))
 
     @staticmethod
-    def _swap_accuracy(ctx, sim_i2t: torch.Tensor, twin_sim: torch.Tensor, valid: torch.Tensor) -> float:
+    def _swap_accuracy(ctx: StepContext, sim_i2t: torch.Tensor, twin_sim: torch.Tensor, valid: torch.Tensor) -> float:
         """How often an image scores its caption above that caption's own twin (over rows with a twin);
         column g of the batch block and of the twin block both belong to global row g."""
         with torch.no_grad():
@@ -186,7 +179,7 @@ class ITC(Objective):
                 return float("nan")
             return float((sim_i2t[rows, own] > twin_sim[rows, own])[has].float().mean())
 
-    def _momentum_loss(self, ctx, img, txt, keys, temp) -> ObjectiveOutput:
+    def _momentum_loss(self, ctx: StepContext, img, txt, keys, temp) -> ObjectiveOutput:
         t_img, t_txt = ctx.teacher_image.embed, ctx.teacher_text.embed
         twins = self._twins(ctx)
         with torch.no_grad():

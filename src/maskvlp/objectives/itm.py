@@ -28,17 +28,15 @@ ranking term is blind to that prior and asks exactly what re-ranking and the bin
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
-from maskvlp.config import ConfigError, ModelConfig
+from maskvlp.config import ITMParams, ModelConfig
 from maskvlp.distributed import all_gather_nograd, all_gather_with_grad, local_slice, mean_over_ranks_denominator
 from maskvlp.models.vlp import FUSION, ITM as ITM_HEAD
-from maskvlp.negatives import text_negatives_enabled
-from maskvlp.objectives.base import Objective, ObjectiveOutput, register, take
-from maskvlp.objectives.context import CLEAN, NEGATIVES, cat_rows_padded
+from maskvlp.objectives.base import Objective, ObjectiveOutput, register
+from maskvlp.objectives.context import CLEAN, NEGATIVES, StepContext, cat_rows_padded
+from maskvlp.objectives.reads import Reads, TextPass
 
 
 def sample_hard_negatives(similarity: torch.Tensor, row_keys: torch.Tensor, column_keys: torch.Tensor,
@@ -100,37 +98,21 @@ def ranking_loss(logits: torch.Tensor, n_pos: int, ok_t: torch.Tensor, ok_i: tor
 @register
 class ITM(Objective):
     name = "itm"
-    needs = frozenset({FUSION, ITM_HEAD})
-    # balance [ours; ALBEF: false]: positives and negatives each weigh half the loss. Every image brings one
-    # positive and two or three negatives, so the head first learns to say "no match" (accuracy on positives
-    # 0.00-0.25 over the first 300 albef steps); balanced it answers positives from the start (docs/baselines.md).
-    # random_steps / random_ramp_steps [ours]: a curriculum, random negatives first (a matching head leaves its
-    # class prior on them after ~200 steps from scratch towers, never within 800 on ITC-hard ones), then the
-    # random share falls linearly to random_mix (docs/baselines.md). 0 / 0 = ALBEF's hard negatives throughout.
-    DEFAULTS: dict[str, Any] = {"hard_negatives": True, "random_mix": 0.0, "random_steps": 0, "random_ramp_steps": 0,
-                                "text_negatives": "none", "balance": False, "rank": 0.0}
 
-    def __init__(self, model_cfg: ModelConfig, **params: Any):
-        super().__init__(model_cfg)
-        p = take(params, self.DEFAULTS, self.name)
-        self.hard_negatives: bool = p["hard_negatives"]
-        self.random_mix = float(p["random_mix"]) if self.hard_negatives else 1.0
-        if not 0.0 <= self.random_mix <= 1.0:
-            raise ConfigError(f"objectives.itm.params.random_mix must be in [0, 1], got {self.random_mix}")
-        if p["random_steps"] < 0 or p["random_ramp_steps"] < 0:
-            raise ConfigError("objectives.itm.params.random_steps and random_ramp_steps must be >= 0")
-        self.random_steps: int = p["random_steps"]
-        self.random_ramp_steps: int = p["random_ramp_steps"]
-        self.text_negatives: bool = text_negatives_enabled(p["text_negatives"], self.name)
-        if not isinstance(p["balance"], bool):
-            raise ConfigError(f"objectives.itm.params.balance must be true or false, got {p['balance']!r}")
-        self.balance: bool = p["balance"]
-        if isinstance(p["rank"], bool) or not isinstance(p["rank"], (int, float)) or p["rank"] < 0:
-            raise ConfigError(f"objectives.itm.params.rank must be a number >= 0, got {p['rank']!r}")
-        self.rank = float(p["rank"])
+    def __init__(self, model_cfg: ModelConfig, params: ITMParams | None = None):
+        super().__init__(model_cfg, params)
+        p: ITMParams = self.params
+        self.hard_negatives: bool = p.hard_negatives
+        self.random_mix = float(p.random_mix) if self.hard_negatives else 1.0
+        self.random_steps: int = p.random_steps
+        self.random_ramp_steps: int = p.random_ramp_steps
+        self.text_negatives: bool = p.text_negatives != "none"
+        self.balance: bool = p.balance
+        self.rank = float(p.rank)
 
-    def text_passes(self) -> set[tuple]:
-        return {(False, CLEAN)} | ({(False, NEGATIVES)} if self.text_negatives else set())
+    def reads(self) -> Reads:
+        passes = {TextPass(False, CLEAN)} | ({TextPass(False, NEGATIVES)} if self.text_negatives else set())
+        return Reads(parts={FUSION, ITM_HEAD}, text_passes=passes)
 
     def random_share(self, step: int) -> float:
         """The share of uniformly drawn negatives at ``step``: 1 for ``random_steps`` steps, then a linear
@@ -142,7 +124,7 @@ class ITM(Objective):
             return 1.0 + (self.random_mix - 1.0) * done
         return self.random_mix
 
-    def forward(self, ctx) -> ObjectiveOutput:
+    def forward(self, ctx: StepContext) -> ObjectiveOutput:
         model = ctx.model
         image, text, mask = ctx.image.tokens, ctx.text.tokens, ctx.batch.attention_mask
         keys = ctx.global_image_keys

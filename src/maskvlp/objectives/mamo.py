@@ -53,24 +53,24 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from maskvlp.config import ConfigError, ModelConfig
+from maskvlp.config import ConfigError, MAMOParams, ModelConfig
+from maskvlp.config.objective_params import REGRESSIONS
 from maskvlp.distributed import mean_over_ranks_denominator
 from maskvlp.masking import ImageMask, MaskedText, random_patch_mask
 from maskvlp.models.fusion import FusionOutput, fused_image_width
 from maskvlp.models.transformer import Block, init_weights
 from maskvlp.models.vlp import FUSION, MASK_TOKEN, MLM as MLM_HEAD, TEACHER, TEACHER_FUSION
-from maskvlp.objectives.base import Objective, ObjectiveOutput, register, require_image_states, take
+from maskvlp.objectives.base import Objective, ObjectiveOutput, register, require_image_states
+from maskvlp.objectives.context import StepContext
+from maskvlp.objectives.reads import Reads, TextMaskKey
 
 log = logging.getLogger(__name__)
 
-IMAGE_MASKING = ("drop", "replace")
-REGRESSIONS = ("mse", "smooth_l1")
 TARGET_NORM_EPS = 1e-6
 
 
@@ -173,50 +173,22 @@ class MAMOPass:
 @register
 class MAMO(Objective):
     name = "mamo"
-    needs = frozenset({FUSION, MLM_HEAD, TEACHER_FUSION})
-    DEFAULTS: dict[str, Any] = {
-        "image_ratio": 0.75,  # [notes: MAMO, secondary reading]
-        "text_ratio": 0.25,  # [notes: MAMO, secondary reading]
-        "image_masking": "drop",  # drop | replace [ours; see the module docstring]
-        "mlm_weight": 1.0,  # equal weights [notes: MAMO Eq. 6]
-        "mim_weight": 1.0,
-        "mrm_weight": 1.0,
-        "regression": "mse",  # mse | smooth_l1 [ours; notes leave MSE or smooth-L1 open]
-        "smooth_l1_beta": 1.0,  # only for regression=smooth_l1 [ours]
-        "mim_decoder_blocks": 0,  # 0 = MLP predictor [notes: Table 10, depth barely matters]
-    }
 
-    def __init__(self, model_cfg: ModelConfig, **params: Any):
-        super().__init__(model_cfg)
-        p = take(params, self.DEFAULTS, self.name)
+    def __init__(self, model_cfg: ModelConfig, params: MAMOParams | None = None):
+        super().__init__(model_cfg, params)
+        p: MAMOParams = self.params
         require_image_states(self.name, model_cfg, "needs fused image states at masked patches")
-        if p["image_masking"] not in IMAGE_MASKING:
-            raise ConfigError(f"objective 'mamo' parameter image_masking must be one of {', '.join(IMAGE_MASKING)}, "
-                              f"got {p['image_masking']!r}")
-        if p["regression"] not in REGRESSIONS:
-            raise ConfigError(f"objective 'mamo' parameter regression must be one of {', '.join(REGRESSIONS)}, "
-                              f"got {p['regression']!r}")
-        for key in ("image_ratio", "text_ratio"):
-            if not 0.0 < p[key] < 1.0:
-                raise ConfigError(f"objective 'mamo' parameter {key} must lie in (0, 1), got {p[key]}")
-        for key in ("mlm_weight", "mim_weight", "mrm_weight"):
-            if p[key] < 0:
-                raise ConfigError(f"objective 'mamo' parameter {key} must be >= 0, got {p[key]}")
-        if p["mlm_weight"] == p["mim_weight"] == p["mrm_weight"] == 0:
-            raise ConfigError("objective 'mamo': mlm_weight, mim_weight and mrm_weight are all 0")
-        if p["mrm_weight"] > 0 and p["mim_weight"] == 0 and p["mlm_weight"] == 0:
+        if p.mrm_weight > 0 and p.mim_weight == 0 and p.mlm_weight == 0:
             log.warning("mamo: MRM without an explicit target (MIM, MLM) may collapse to a trivial solution "
                         "(MAMO Sec 4.5); watch mamo_mrm_pred_std / mamo_mrm_target_std")
-        if p["mim_decoder_blocks"] < 0:
-            raise ConfigError(f"objective 'mamo' parameter mim_decoder_blocks must be >= 0, got {p['mim_decoder_blocks']}")
-        self.image_ratio: float = float(p["image_ratio"])
-        self.text_ratio: float = float(p["text_ratio"])
-        self.image_masking: str = p["image_masking"]
-        self.mlm_weight: float = float(p["mlm_weight"])
-        self.mim_weight: float = float(p["mim_weight"])
-        self.mrm_weight: float = float(p["mrm_weight"])
-        self.regression: str = p["regression"]
-        self.beta: float = float(p["smooth_l1_beta"])
+        self.image_ratio: float = float(p.image_ratio)
+        self.text_ratio: float = float(p.text_ratio)
+        self.image_masking: str = p.image_masking
+        self.mlm_weight: float = float(p.mlm_weight)
+        self.mim_weight: float = float(p.mim_weight)
+        self.mrm_weight: float = float(p.mrm_weight)
+        self.regression: str = p.regression
+        self.beta: float = float(p.smooth_l1_beta)
 
         dt, dv = model_cfg.text.width, model_cfg.vision.width
         df = fused_image_width(model_cfg.fusion.mode, dt, dv)  # fused image states (two_stream: vision width)
@@ -228,13 +200,13 @@ class MAMO(Objective):
             self.mask_embed = nn.Parameter(torch.zeros(1, 1, dv))
             nn.init.trunc_normal_(self.mask_embed, std=0.02, a=-0.04, b=0.04)  # as the ViT's mask token
         # heads exist only for the losses that are on, so every parameter gets a gradient (DDP)
-        self.mim_head = PredictorHead(df, dv, p["mim_decoder_blocks"], heads, hidden,
+        self.mim_head = PredictorHead(df, dv, p.mim_decoder_blocks, heads, hidden,
                                       model_cfg.text.layer_norm_eps) if self.mim_weight > 0 else None
         # one MRM head per modality, each predicting its own stream's fused states
         self.mrm_head = PredictorHead(dt, dt) if self.mrm_weight > 0 else None
         self.mrm_image_head = PredictorHead(df, df) if self.mrm_weight > 0 else None
 
-    def required_parts(self) -> set[str]:
+    def reads(self) -> Reads:
         parts = {FUSION}
         if self.mlm_weight > 0:
             parts.add(MLM_HEAD)
@@ -244,20 +216,20 @@ class MAMO(Objective):
             parts.add(TEACHER_FUSION)
         if self.image_masking == "replace":
             parts.add(MASK_TOKEN)
-        return parts
+        return Reads(parts=parts)
 
     # ---------------------------------------------------------------- the masked pass
     @property
     def image_key(self) -> str:
         return f"random-{self.image_ratio}"
 
-    def masks(self, ctx) -> tuple[ImageMask, MaskedText]:
+    def masks(self, ctx: StepContext) -> tuple[ImageMask, MaskedText]:
         """The step's joint mask, from the context so composed objectives share it."""
         key = self.image_key
         image = ctx.image_mask(key, lambda: random_patch_mask(ctx.patch_noise(key), self.image_ratio))
-        return image, ctx.masked_text(self.text_ratio)
+        return image, ctx.masked_text(TextMaskKey(self.text_ratio))
 
-    def image_tokens(self, ctx, image_mask: ImageMask) -> torch.Tensor:
+    def image_tokens(self, ctx: StepContext, image_mask: ImageMask) -> torch.Tensor:
         """(B, 1 + N, Dv) image tokens for the fusion encoder, masked patches at their positions."""
         if self.image_masking == "replace":
             return ctx.masked_image(self.image_key, "replace").tokens
@@ -270,7 +242,7 @@ class MAMO(Objective):
         return reinsert_mask_embedding(visible, image_mask.keep_idx, image_mask.mask_idx, self.mask_embed,
                                        vision.pos_embed[:, 1:])
 
-    def run(self, ctx) -> MAMOPass:
+    def run(self, ctx: StepContext) -> MAMOPass:
         """The jointly masked student pass, predictions at masked positions and their targets."""
         model = ctx.model
         image_mask, text_mask = self.masks(ctx)
@@ -308,7 +280,7 @@ class MAMO(Objective):
                         mim_pred, mim_target, mrm_pred, mrm_target)
 
     # ---------------------------------------------------------------- losses
-    def forward(self, ctx) -> ObjectiveOutput:
+    def forward(self, ctx: StepContext) -> ObjectiveOutput:
         out = self.run(ctx)
         total = torch.zeros((), device=ctx.batch.input_ids.device)
         metrics: dict[str, float] = {}

@@ -49,21 +49,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from maskvlp.config import ConfigError, ModelConfig
+from maskvlp.config import MLIMParams, ModelConfig
+from maskvlp.config.objective_params import RECON_REDUCTIONS
 from maskvlp.data.transforms import IMAGE_MEAN, IMAGE_STD
 from maskvlp.distributed import mean_over_ranks_denominator
 from maskvlp.masking import MaskingMode, ModalityAwareMask, modality_aware_mask
 from maskvlp.models.vlp import FUSION, MASK_TOKEN, MLM as MLM_HEAD
-from maskvlp.objectives.base import Objective, ObjectiveOutput, register, require_image_states, take
-
-RECON_REGIONS = ("masked", "all")
-RECON_REDUCTIONS = ("mean", "sum")
+from maskvlp.objectives.base import Objective, ObjectiveOutput, register, require_image_states
+from maskvlp.objectives.context import StepContext
+from maskvlp.objectives.reads import Reads
 
 
 # ------------------------------------------------------------------------------------ pieces
@@ -184,53 +183,31 @@ class MLIM(Objective):
     """
 
     name = "mlim"
-    needs = frozenset({FUSION, MLM_HEAD, MASK_TOKEN})
-    DEFAULTS: dict[str, Any] = {
-        "heavy_ratio": 0.8,  # [S]
-        "light_ratio": 0.15,  # [I]
-        "mode_weights": [1.0, 1.0, 1.0],  # heavy_image, heavy_text, light; normalised; equal [S]
-        "recon_region": "masked",  # masked | all; [I], sources conflict
-        "recon_reduction": "mean",  # mean | sum (paper: per-image SSE) [ours]
-        "recon_weight": 10.0,  # ~ 1 / IMAGE_STD^2 for the mean reduction [ours]
-        "decoder_width": 128,  # [ours]
-    }
 
-    def __init__(self, model_cfg: ModelConfig, **params: Any):
-        super().__init__(model_cfg)
-        p = take(params, self.DEFAULTS, self.name)
-        if p["recon_region"] not in RECON_REGIONS:
-            raise ConfigError(f"objective 'mlim' parameter 'recon_region' must be one of {', '.join(RECON_REGIONS)}, "
-                              f"got {p['recon_region']!r}")
-        if p["recon_reduction"] not in RECON_REDUCTIONS:
-            raise ConfigError(f"objective 'mlim' parameter 'recon_reduction' must be one of "
-                              f"{', '.join(RECON_REDUCTIONS)}, got {p['recon_reduction']!r}")
-        for key in ("heavy_ratio", "light_ratio"):
-            if not 0.0 <= float(p[key]) <= 1.0:
-                raise ConfigError(f"objective 'mlim' parameter {key!r} must lie in [0, 1], got {p[key]!r}")
-        weights = p["mode_weights"]
-        if (len(weights) != 3 or not all(isinstance(w, (int, float)) and w >= 0 for w in weights)
-                or sum(weights) <= 0):
-            raise ConfigError("objective 'mlim' parameter 'mode_weights' must be 3 non-negative numbers "
-                              f"(heavy_image, heavy_text, light) with a positive sum, got {weights!r}")
+    def __init__(self, model_cfg: ModelConfig, params: MLIMParams | None = None):
+        super().__init__(model_cfg, params)
+        p: MLIMParams = self.params
         require_image_states(self.name, model_cfg, "reconstructs pixels from image-side fused states")
-        if p["decoder_width"] < 1:
-            raise ConfigError(f"objective 'mlim' parameter 'decoder_width' must be >= 1, got {p['decoder_width']}")
+        weights = p.mode_weights
         total = float(sum(weights))
-        heavy, light = float(p["heavy_ratio"]), float(p["light_ratio"])
+        heavy, light = float(p.heavy_ratio), float(p.light_ratio)
         self.modes: tuple[MaskingMode, ...] = (
             MaskingMode("heavy_image", heavy, 0.0, weights[0] / total),
             MaskingMode("heavy_text", 0.0, heavy, weights[1] / total),
             MaskingMode("light", light, light, weights[2] / total),
         )
-        self.recon_region: str = p["recon_region"]
-        self.recon_reduction: str = p["recon_reduction"]
-        self.recon_weight: float = float(p["recon_weight"])
+        self.recon_region: str = p.recon_region
+        self.recon_reduction: str = p.recon_reduction
+        self.recon_weight: float = float(p.recon_weight)
         self.patch_size = model_cfg.vision.patch_size
-        self.decoder = PixelDecoder(model_cfg.text.width, self.patch_size, p["decoder_width"])
+        self.decoder = PixelDecoder(model_cfg.text.width, self.patch_size, p.decoder_width)
         self.mask_key = "mam/" + "/".join(f"{m.image_ratio:g}-{m.text_ratio:g}-{m.probability:.6f}" for m in self.modes)
 
+    def reads(self) -> Reads:
+        return Reads(parts={FUSION, MLM_HEAD, MASK_TOKEN})
+
     # -------------------------------------------------------------- pieces of a step
-    def draw_mask(self, ctx) -> MAMStepMask:
+    def draw_mask(self, ctx: StepContext) -> MAMStepMask:
         """This step's MAM draw for the local rows, from noise drawn for the global batch."""
         ids, att = ctx.batch.input_ids, ctx.batch.attention_mask
         sp = ctx.specials
@@ -241,7 +218,7 @@ class MLIM(Objective):
         )
         return MAMStepMask(mam)
 
-    def compute(self, ctx) -> MLIMStep:
+    def compute(self, ctx: StepContext) -> MLIMStep:
         """The masked single-stream pass and both heads' outputs."""
         model = ctx.model
         images = ctx.batch.images
@@ -267,7 +244,7 @@ class MLIM(Objective):
             region = torch.ones(target.shape[0], 1, *target.shape[2:], dtype=torch.bool, device=target.device)
         return MLIMStep(mam, positions, logits, mam.text.labels[positions], recon, target, region)
 
-    def forward(self, ctx) -> ObjectiveOutput:
+    def forward(self, ctx: StepContext) -> ObjectiveOutput:
         out = self.compute(ctx)
         per_token = F.cross_entropy(out.mlm_logits.float(), out.mlm_labels, reduction="none")
         mlm = per_token.sum() / mean_over_ranks_denominator(per_token.numel())

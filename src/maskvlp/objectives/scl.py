@@ -55,17 +55,16 @@ full image and text passes are the step's cached ones (shared with ITC / ITM).
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
-from maskvlp.config import ConfigError, ModelConfig
+from maskvlp.config import ConfigError, ModelConfig, SCLParams
 from maskvlp.distributed import all_gather_nograd, all_gather_with_grad, local_slice
-from maskvlp.masking import check_split, random_patch_mask
+from maskvlp.masking import random_patch_mask
 from maskvlp.models.vlp import FUSION
-from maskvlp.objectives.base import Objective, ObjectiveOutput, register, require_image_states, take
-from maskvlp.objectives.context import text_mask_key
+from maskvlp.objectives.base import Objective, ObjectiveOutput, register, require_image_states
+from maskvlp.objectives.context import StepContext
+from maskvlp.objectives.reads import Reads, TextMaskKey
 
 
 def completion_nce(student: torch.Tensor, target: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,45 +92,30 @@ class SCL(Objective):
     """Semantic completion: masked-image and masked-text global features complete to the full ones."""
 
     name = "scl"
-    needs = frozenset({FUSION})
-    # image_ratio 0.8 (mask_ratio), text_ratio 0.4 (mtm_ratio), temperature 0.03 (scl_temp): [code]
-    # text_mask_fraction 1 / text_random_fraction 0: every chosen token becomes [MASK], as the code [code];
-    # composite sets MLM's 0.15 / 0.8 / 0.1 so pass B *is* MLM's pass [ours]
-    DEFAULTS: dict[str, Any] = {"image_ratio": 0.8, "text_ratio": 0.4, "temperature": 0.03,
-                                "text_mask_fraction": 1.0, "text_random_fraction": 0.0}
 
-    def __init__(self, model_cfg: ModelConfig, **params: Any):
-        super().__init__(model_cfg)
-        p = take(params, self.DEFAULTS, self.name)
+    def __init__(self, model_cfg: ModelConfig, params: SCLParams | None = None):
+        super().__init__(model_cfg, params)
+        p: SCLParams = self.params
         require_image_states(self.name, model_cfg, "completes the fused image [CLS]")
         if model_cfg.fusion.depth < 1:
             raise ConfigError("objective 'scl' needs a fusion encoder: set model.fusion.depth >= 1")
-        if not 0.0 <= p["image_ratio"] < 1.0:
-            raise ConfigError(f"objective 'scl' parameter image_ratio must lie in [0, 1) (some patches must stay "
-                              f"visible), got {p['image_ratio']}")
-        if not 0.0 <= p["text_ratio"] <= 1.0:
-            raise ConfigError(f"objective 'scl' parameter text_ratio must lie in [0, 1], got {p['text_ratio']}")
-        try:  # the text masking's own check, reported as a config error naming the recipe's keys
-            check_split(p["text_mask_fraction"], p["text_random_fraction"])
-        except ValueError as err:
-            raise ConfigError(f"objective 'scl' parameters text_mask_fraction / text_random_fraction: {err}") from None
-        if p["temperature"] <= 0:
-            raise ConfigError(f"objective 'scl' parameter temperature must be > 0, got {p['temperature']}")
-        self.image_ratio: float = float(p["image_ratio"])
-        self.text_ratio: float = float(p["text_ratio"])
-        self.temperature: float = float(p["temperature"])
-        self.text_mask: tuple[float, float, float] = (self.text_ratio, float(p["text_mask_fraction"]),
-                                                     float(p["text_random_fraction"]))
+        self.image_ratio: float = float(p.image_ratio)
+        self.text_ratio: float = float(p.text_ratio)
+        self.temperature: float = float(p.temperature)
+        self.text_mask: tuple[float, float, float] = (self.text_ratio, float(p.text_mask_fraction),
+                                                     float(p.text_random_fraction))
+        self.text_mask_key = TextMaskKey(*self.text_mask)  # pass B's mask
 
-    def masked_text_image_states(self) -> set[tuple]:
-        return {text_mask_key(*self.text_mask)}  # pass B's fused image [CLS] is the image target
+    def reads(self) -> Reads:
+        # pass B's fused image [CLS] is the image target
+        return Reads(parts={FUSION}, masked_text_image_states={self.text_mask_key})
 
     @property
     def mask_key(self) -> str:
         """The shared image-mask key: uniform random patches at ``image_ratio``, noise named the same."""
         return f"random-{self.image_ratio}"
 
-    def forward(self, ctx) -> ObjectiveOutput:
+    def forward(self, ctx: StepContext) -> ObjectiveOutput:
         model = ctx.model
         mask = ctx.batch.attention_mask
         key = self.mask_key
@@ -140,7 +124,7 @@ class SCL(Objective):
         fused_a = model.fuse(ctx.text.tokens, mask, ctx.masked_image(key, "drop").tokens, text_grad=False)
         # pass B: full image + the masked caption (40% all-[MASK] by default); its image output is only a target.
         # The context runs it once per step and mask: an MLM naming the same mask reads this very pass
-        _, fused_b = ctx.fused_masked_text(*self.text_mask, need_image=True)
+        _, fused_b = ctx.fused_masked_text(self.text_mask_key, need_image=True)
         if fused_a.image is None or fused_b.image is None:  # checked in __init__; also catches a model built otherwise
             raise ConfigError("objective 'scl' needs a fusion mode that returns image states (cross or merged)")
 

@@ -48,19 +48,20 @@ global batch's images, L_mim over the global batch's masked patches.
 from __future__ import annotations
 
 import copy
-from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from maskvlp.config import ConfigError, ModelConfig
+from maskvlp.config import ModelConfig, SemMIMParams
 from maskvlp.distributed import mean_over_ranks_denominator, world_size
 from maskvlp.masking import ImageMask, guided_fraction_at, text_guided_patch_mask
 from maskvlp.models.fusion import fused_image_width
 from maskvlp.models.vlp import FUSION, MASK_TOKEN, TEACHER, TEACHER_FUSION
-from maskvlp.objectives.base import Objective, ObjectiveOutput, register, require_image_states, take
+from maskvlp.objectives.base import Objective, ObjectiveOutput, register, require_image_states
+from maskvlp.objectives.context import StepContext
+from maskvlp.objectives.reads import Reads
 
 
 class PrototypeHead(nn.Module):
@@ -105,56 +106,35 @@ def entropy(logits: torch.Tensor, center: torch.Tensor, temp: float) -> float:
 @register
 class SemMIM(Objective):
     name = "semmim"
-    needs = frozenset({FUSION, TEACHER_FUSION, MASK_TOKEN, TEACHER})
-    DEFAULTS: dict[str, Any] = {
-        "ratio": 0.5,  # [I] notes: 40-75% is usual for iBOT-style VLP; start at 50%
-        "guided_fraction": 0.5,  # [I] notes: 50/50 guided/random mix
-        "guided_warmup_steps": 200,  # [ours] random masking ramps to the mix (like ALBEF's 200-step alpha ramp here)
-        "hidden_dim": 256,  # [ours] tiny; iBOT 2048
-        "bottleneck_dim": 64,  # [ours] tiny; iBOT 256
-        "out_dim": 1024,  # K [ours] tiny; iBOT 8192, DINO 65536
-        "teacher_temp": 0.04,  # [DINO default]
-        "student_temp": 0.1,  # [DINO default]
-        "center_momentum": 0.9,  # [DINO default]
-        "global_weight": 1.0,  # [I]
-        "mim_weight": 1.0,  # [I]
-    }
 
-    def __init__(self, model_cfg: ModelConfig, **params: Any):
-        super().__init__(model_cfg)
-        p = take(params, self.DEFAULTS, self.name)
+    def __init__(self, model_cfg: ModelConfig, params: SemMIMParams | None = None):
+        super().__init__(model_cfg, params)
+        p: SemMIMParams = self.params
         require_image_states(self.name, model_cfg, "predicts at image positions after fusion")
-        if not 0.0 < p["ratio"] <= 1.0:
-            raise ConfigError(f"objective 'semmim' parameter ratio must lie in (0, 1], got {p['ratio']}")
-        if not 0.0 <= p["guided_fraction"] <= 1.0:
-            raise ConfigError(f"objective 'semmim' parameter guided_fraction must lie in [0, 1], got {p['guided_fraction']}")
-        if p["teacher_temp"] <= 0 or p["student_temp"] <= 0:
-            raise ConfigError("objective 'semmim' temperatures must be > 0")
-        if not 0.0 <= p["center_momentum"] < 1.0:
-            raise ConfigError(f"objective 'semmim' parameter center_momentum must lie in [0, 1), got {p['center_momentum']}")
-        if min(p["hidden_dim"], p["bottleneck_dim"], p["out_dim"]) < 1 or p["guided_warmup_steps"] < 0:
-            raise ConfigError("objective 'semmim' head sizes must be >= 1 and guided_warmup_steps >= 0")
-        self.ratio: float = float(p["ratio"])
-        self.guided_fraction: float = float(p["guided_fraction"])
-        self.guided_warmup_steps: int = p["guided_warmup_steps"]
-        self.teacher_temp: float = float(p["teacher_temp"])
-        self.student_temp: float = float(p["student_temp"])
-        self.center_momentum: float = float(p["center_momentum"])
-        self.global_weight: float = float(p["global_weight"])
-        self.mim_weight: float = float(p["mim_weight"])
+        self.ratio: float = float(p.ratio)
+        self.guided_fraction: float = float(p.guided_fraction)
+        self.guided_warmup_steps: int = p.guided_warmup_steps
+        self.teacher_temp: float = float(p.teacher_temp)
+        self.student_temp: float = float(p.student_temp)
+        self.center_momentum: float = float(p.center_momentum)
+        self.global_weight: float = float(p.global_weight)
+        self.mim_weight: float = float(p.mim_weight)
         self.momentum: float = model_cfg.momentum
 
         vision_w = model_cfg.vision.width
         fusion_w = fused_image_width(model_cfg.fusion.mode, model_cfg.text.width, vision_w)
-        self.head = PrototypeHead(vision_w, p["hidden_dim"], p["bottleneck_dim"], p["out_dim"])
+        self.head = PrototypeHead(vision_w, p.hidden_dim, p.bottleneck_dim, p.out_dim)
         # fused image states come at the text width except in two_stream; g reads ViT-width features
         self.fused_adapter: nn.Module = nn.Linear(fusion_w, vision_w) if fusion_w != vision_w else nn.Identity()
         self.teacher_head = copy.deepcopy(self.head).requires_grad_(False)
         self.teacher_fused_adapter = copy.deepcopy(self.fused_adapter).requires_grad_(False)
-        self.register_buffer("center", torch.zeros(p["out_dim"]))
-        self.register_buffer("patch_center", torch.zeros(p["out_dim"]))
+        self.register_buffer("center", torch.zeros(p.out_dim))
+        self.register_buffer("patch_center", torch.zeros(p.out_dim))
         # this step's teacher-logit sums and counts, applied to the centres in after_step
         self._pending: dict[str, tuple[torch.Tensor, int]] = {}
+
+    def reads(self) -> Reads:
+        return Reads(parts={FUSION, TEACHER_FUSION, MASK_TOKEN, TEACHER})
 
     # ------------------------------------------------------------------ masking
     def mask_key(self) -> str:
@@ -163,7 +143,7 @@ class SemMIM(Objective):
     def current_guided_fraction(self, step: int) -> float:
         return guided_fraction_at(step, self.guided_warmup_steps, self.guided_fraction)
 
-    def mask(self, ctx) -> ImageMask:
+    def mask(self, ctx: StepContext) -> ImageMask:
         """This step's text-guided mask (made once per step, shared under :meth:`mask_key`)."""
         def make() -> ImageMask:
             ctx.teacher_fusion(need_image=True)  # the targets read image states: one teacher pass serves both
@@ -173,19 +153,19 @@ class SemMIM(Objective):
 
     # ------------------------------------------------------------------ targets
     @torch.no_grad()
-    def teacher_global_logits(self, ctx) -> torch.Tensor:
+    def teacher_global_logits(self, ctx: StepContext) -> torch.Tensor:
         """(B, K) EMA-head logits of the teacher's clean-image [CLS] (uncentred)."""
         return self.teacher_head(ctx.teacher_image.tokens[:, 0])
 
     @torch.no_grad()
-    def teacher_patch_logits(self, ctx, mask: ImageMask) -> torch.Tensor:
+    def teacher_patch_logits(self, ctx: StepContext, mask: ImageMask) -> torch.Tensor:
         """(B, M, K) EMA logits of the teacher's fused clean-pair image states at the masked patches."""
         fused = ctx.teacher_fused.image
         states = _gather_patches(fused[:, 1:], mask.mask_idx)
         return self.teacher_head(self.teacher_fused_adapter(states))
 
     # ------------------------------------------------------------------ loss
-    def forward(self, ctx) -> ObjectiveOutput:
+    def forward(self, ctx: StepContext) -> ObjectiveOutput:
         model = ctx.model
         mask = self.mask(ctx)
         masked = ctx.masked_image(self.mask_key(), "replace")  # [CLS] + N patches, masked ones = mask token

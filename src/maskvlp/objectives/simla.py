@@ -81,22 +81,20 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from maskvlp.config import ConfigError, ModelConfig
+from maskvlp.config import ModelConfig, SimlaMIMParams, SimlaPSLParams
 from maskvlp.distributed import all_gather_nograd, local_slice, mean_over_ranks_denominator
 from maskvlp.masking import ImageMask, attention_votes, block_patch_mask, keyword_token_mask, multi_hot
 from maskvlp.models.fusion import FusionOutput, fused_image_width
 from maskvlp.models.transformer import init_weights
 from maskvlp.models.vlp import FUSION, MASK_TOKEN, TEACHER, TEACHER_FUSION
-from maskvlp.objectives.base import Objective, ObjectiveOutput, register, require_image_states, take
-
-SIMLA_MASK_RATIO = 75 / 256  # 75 of the 16 x 16 patches [code: SIMLA configs/Pretrain.yaml]
-MIM_TARGETS = ("codes", "features")
+from maskvlp.objectives.base import Objective, ObjectiveOutput, register, require_image_states
+from maskvlp.objectives.context import StepContext
+from maskvlp.objectives.reads import Reads
 
 
 @torch.no_grad()
@@ -122,45 +120,25 @@ class SimlaMIM(Objective):
     """Masked image modeling conditioned on the caption (the image half of SIMLA's XMM)."""
 
     name = "simla_mim"
-    needs = frozenset({FUSION, MASK_TOKEN, TEACHER})
-    DEFAULTS: dict[str, Any] = {
-        "ratio": SIMLA_MASK_RATIO,
-        "min_block": None,  # None: default_min_block(num_patches)
-        "target": "codes",
-        "codebook_size": 8192,  # [code: DALL-E's 8192 codes]
-        "codebook_seed": 0,
-        "alpha": 0.4,
-        "alpha_ramp_steps": 200,
-    }
 
-    def __init__(self, model_cfg: ModelConfig, **params: Any):
-        super().__init__(model_cfg)
-        p = take(params, self.DEFAULTS, self.name)
+    def __init__(self, model_cfg: ModelConfig, params: SimlaMIMParams | None = None):
+        super().__init__(model_cfg, params)
+        p: SimlaMIMParams = self.params
         require_image_states(self.name, model_cfg, "reads the fusion's image stream at masked patches")
-        if not 0.0 < p["ratio"] < 1.0:
-            raise ConfigError(f"objective 'simla_mim' parameter ratio must lie in (0, 1), got {p['ratio']!r}")
-        if p["min_block"] is not None and (not isinstance(p["min_block"], int) or p["min_block"] < 1):
-            raise ConfigError(f"objective 'simla_mim' parameter min_block must be a positive int or null, got {p['min_block']!r}")
-        if p["target"] not in MIM_TARGETS:
-            raise ConfigError(f"objective 'simla_mim' parameter target must be one of {', '.join(MIM_TARGETS)}, got {p['target']!r}")
-        if p["codebook_size"] < 2:
-            raise ConfigError(f"objective 'simla_mim' parameter codebook_size must be >= 2, got {p['codebook_size']!r}")
-        if not 0.0 <= p["alpha"] <= 1.0:
-            raise ConfigError(f"objective 'simla_mim' parameter alpha must lie in [0, 1], got {p['alpha']!r}")
-        self.ratio: float = float(p["ratio"])
-        self.min_block: int | None = p["min_block"]
-        self.target: str = p["target"]
-        self.alpha: float = float(p["alpha"])
-        self.alpha_ramp_steps: int = p["alpha_ramp_steps"]
+        self.ratio: float = float(p.ratio)
+        self.min_block: int | None = p.min_block
+        self.target: str = p.target
+        self.alpha: float = float(p.alpha)
+        self.alpha_ramp_steps: int = p.alpha_ramp_steps
         self.momentum: float = model_cfg.momentum
         self.mask_key = f"block-{self.ratio}" + ("" if self.min_block is None else f"-min{self.min_block}")
         vision_width = model_cfg.vision.width
         fused_width = fused_image_width(model_cfg.fusion.mode, model_cfg.text.width, vision_width)
         if self.target == "codes":
-            g = torch.Generator().manual_seed(p["codebook_seed"])
-            codes = F.normalize(torch.randn(p["codebook_size"], vision_width, generator=g), dim=-1)
+            g = torch.Generator().manual_seed(p.codebook_seed)
+            codes = F.normalize(torch.randn(p.codebook_size, vision_width, generator=g), dim=-1)
             self.register_buffer("codebook", codes)
-            self.head = nn.Linear(fused_width, p["codebook_size"])
+            self.head = nn.Linear(fused_width, p.codebook_size)
         else:
             self.codebook = None
             self.head = nn.Linear(fused_width, vision_width)
@@ -169,8 +147,8 @@ class SimlaMIM(Objective):
         if self.alpha > 0:
             self.head_ema = copy.deepcopy(self.head).requires_grad_(False)
 
-    def required_parts(self) -> set[str]:
-        return set(self.needs) | ({TEACHER_FUSION} if self.alpha > 0 else set())
+    def reads(self) -> Reads:
+        return Reads(parts={FUSION, MASK_TOKEN, TEACHER} | ({TEACHER_FUSION} if self.alpha > 0 else set()))
 
     @torch.no_grad()
     def after_step(self) -> None:
@@ -178,7 +156,7 @@ class SimlaMIM(Objective):
             ema_update(self.head_ema, self.head, self.momentum)
 
     # ------------------------------------------------------------------ pieces
-    def image_mask(self, ctx) -> ImageMask:
+    def image_mask(self, ctx: StepContext) -> ImageMask:
         """This step's block mask (drawn for the global batch, this rank's rows), shared by key."""
 
         def make() -> ImageMask:
@@ -210,18 +188,17 @@ class SimlaMIM(Objective):
         return (z @ self.codebook.T).argmax(-1)  # codebook rows are unit vectors: nearest by cosine
 
     @torch.no_grad()
-    def momentum_prediction(self, ctx, mask: ImageMask) -> torch.Tensor:
+    def momentum_prediction(self, ctx: StepContext, mask: ImageMask) -> torch.Tensor:
         """The momentum model's prediction at the masked patches: code probabilities (B*M, K) or
         features (B*M, Dv). Teacher ViT on the same mask, teacher fusion, EMA head."""
         assert self.head_ema is not None
-        model = ctx.model
-        image = model.encode_image(ctx.batch.images, mask=mask.masked, teacher=True).tokens
-        fused = model.fuse(ctx.teacher_text.tokens, ctx.batch.attention_mask, image, teacher=True, need_text=False).image
+        image = ctx.teacher_masked_image(mask.masked).tokens
+        fused = ctx.teacher_fuse(ctx.teacher_text.tokens, ctx.batch.attention_mask, image, need_text=False).image
         out = self.head_ema(gather_patches(fused[:, 1:], mask.mask_idx)).float()
         return F.softmax(out, dim=-1) if self.target == "codes" else out
 
     # ------------------------------------------------------------------ loss
-    def forward(self, ctx) -> ObjectiveOutput:
+    def forward(self, ctx: StepContext) -> ObjectiveOutput:
         model = ctx.model
         mask = self.image_mask(ctx)
         masked = ctx.masked_image(self.mask_key, "replace")  # [CLS] + all N patches, masked ones = mask token
@@ -283,20 +260,14 @@ class SimlaPSL(Objective):
     """Pseudo-keyword prediction: the image alone predicts the caption's most attended words."""
 
     name = "simla_psl"
-    needs = frozenset({FUSION, TEACHER, TEACHER_FUSION})
-    DEFAULTS: dict[str, Any] = {"k": 5, "per_head": 4, "alpha": 0.4, "alpha_ramp_steps": 200}
 
-    def __init__(self, model_cfg: ModelConfig, **params: Any):
-        super().__init__(model_cfg)
-        p = take(params, self.DEFAULTS, self.name)
-        if p["k"] < 1 or p["per_head"] < 1:
-            raise ConfigError(f"objective 'simla_psl' parameters k and per_head must be >= 1, got {p['k']}, {p['per_head']}")
-        if not 0.0 <= p["alpha"] <= 1.0:
-            raise ConfigError(f"objective 'simla_psl' parameter alpha must lie in [0, 1], got {p['alpha']!r}")
-        self.k: int = p["k"]
-        self.per_head: int = p["per_head"]
-        self.alpha: float = float(p["alpha"])
-        self.alpha_ramp_steps: int = p["alpha_ramp_steps"]
+    def __init__(self, model_cfg: ModelConfig, params: SimlaPSLParams | None = None):
+        super().__init__(model_cfg, params)
+        p: SimlaPSLParams = self.params
+        self.k: int = p.k
+        self.per_head: int = p.per_head
+        self.alpha: float = float(p.alpha)
+        self.alpha_ramp_steps: int = p.alpha_ramp_steps
         self.momentum: float = model_cfg.momentum
         self.vocab_size: int = model_cfg.text.vocab_size
         self.concept_head = nn.Linear(model_cfg.embed_dim, self.vocab_size)
@@ -308,13 +279,16 @@ class SimlaPSL(Objective):
         if self.alpha > 0:
             self.concept_head_ema = copy.deepcopy(self.concept_head).requires_grad_(False)
 
+    def reads(self) -> Reads:
+        return Reads(parts={FUSION, TEACHER, TEACHER_FUSION})
+
     @torch.no_grad()
     def after_step(self) -> None:
         if self.concept_head_ema is not None:
             ema_update(self.concept_head_ema, self.concept_head, self.momentum)
 
     @torch.no_grad()
-    def hard_targets(self, ctx) -> tuple[torch.Tensor, torch.Tensor]:
+    def hard_targets(self, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
         """(selected (B, L) bool, multi-hot (B, V)) from the teacher fusion's [CLS] attention."""
         ids = ctx.batch.input_ids
         if ids.numel() and int(ids.max()) >= self.vocab_size:
@@ -323,7 +297,7 @@ class SimlaPSL(Objective):
                                    self.k, self.per_head)
         return selected, multi_hot(ids, selected, self.vocab_size)
 
-    def forward(self, ctx) -> ObjectiveOutput:
+    def forward(self, ctx: StepContext) -> ObjectiveOutput:
         _, hard = self.hard_targets(ctx)
         alpha = ramped_alpha(self.alpha, ctx.step, self.alpha_ramp_steps) if self.concept_head_ema is not None else 0.0
         with torch.no_grad():
