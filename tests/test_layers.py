@@ -41,3 +41,16 @@ def test_the_config_layer_knows_every_registered_objective():
     from maskvlp.objectives import objective_names
 
     assert sorted(OBJECTIVE_NAMES) == objective_names()
+
+
+def test_no_module_imports_itself_back():
+    """No import cycles between modules (layers forbid cycles across layers; this covers those inside one)."""
+    import grimp
+
+    graph = grimp.build_graph("maskvlp", cache_dir=None)
+    cycles = []
+    for importer in sorted(graph.modules):
+        for imported in graph.find_modules_directly_imported_by(importer):
+            if graph.chain_exists(importer=imported, imported=importer):
+                cycles.append(graph.find_shortest_chain(importer=imported, imported=importer) + (imported,))
+    assert not cycles, cycles[:5]
