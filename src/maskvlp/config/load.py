@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -127,30 +127,26 @@ def load_config(recipe: str = "albef", size: str | None = None, overrides: list[
     base = RunConfig(recipe=Path(recipe).stem, output_dir=f"runs/{Path(recipe).stem}-{size}")
     base.model = model_size(size)
     schema = OmegaConf.structured(base)
+    recipe_yaml.setdefault("model", {})["size"] = size
+    return _merged(schema, lambda: [OmegaConf.create(recipe_yaml),
+                                    *([OmegaConf.from_dotlist(_parse_overrides(overrides))] if overrides else [])])
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """``key=value`` overrides on an existing config (e.g. a checkpoint's), with the same checks."""
+    return _merged(OmegaConf.structured(cfg), lambda: [OmegaConf.from_dotlist(_parse_overrides(list(overrides)))])
+
+
+def _merged(schema: Any, layers: Callable[[], list[Any]]) -> RunConfig:
+    """``layers`` merged over ``schema`` in order, as a typed, checked RunConfig; OmegaConf's errors (raised
+    while the layers are built or merged) become one-line ConfigErrors."""
     try:
-        recipe_yaml.setdefault("model", {})["size"] = size
-        merged = OmegaConf.merge(schema, OmegaConf.create(recipe_yaml))
-        if overrides:
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(_parse_overrides(overrides)))
-        cfg: RunConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+        cfg: RunConfig = OmegaConf.to_object(OmegaConf.merge(schema, *layers()))  # type: ignore[assignment]
     except OmegaConfBaseException as err:
         raise friendly(err, schema) from None
     _typed_params(cfg)
     validate(cfg)
     return cfg
-
-
-def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
-    """``key=value`` overrides on an existing config (e.g. a checkpoint's), with the same checks."""
-    schema = OmegaConf.structured(cfg)
-    try:
-        merged = OmegaConf.merge(schema, OmegaConf.from_dotlist(_parse_overrides(list(overrides))))
-        out: RunConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
-    except OmegaConfBaseException as err:
-        raise friendly(err, schema) from None
-    _typed_params(out)
-    validate(out)
-    return out
 
 
 def _flatten(tree: dict | list, prefix: str = "") -> dict[str, object]:
