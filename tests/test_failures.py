@@ -113,6 +113,7 @@ def test_latest_is_the_source_of_truth_and_pruning_goes_by_step(tmp_path):
     ("train.max_steps=0", "'train.max_steps': 0; must be >= 1"),
     ("eval.itm_k=0", "'eval.itm_k': 0; must be >= 1"),
     ("model.vision.heads=5", "model.vision.width=32 must be a multiple of model.vision.heads=5"),
+    ("model.vision.patch_size=0", "'model.vision.patch_size': 0; must be >= 1"),  # was a ZeroDivisionError
 ])
 def test_settings_that_crashed_later_are_one_line_errors_up_front(tmp_path, override, expected):
     small = ["--no-evaluate", *TINY, f"output_dir={tmp_path}"]  # were the check missing: a short run, not the README's

@@ -13,7 +13,7 @@ import torch
 from maskvlp.config import ConfigError, RunConfig, apply_overrides, from_yaml
 from maskvlp.engine import checkpoint as ckpt
 from maskvlp.distributed import init_distributed
-from maskvlp.engine.logging import console
+from maskvlp.engine.logging import console, print_line
 from maskvlp.engine.pretrainer import Pretrainer
 from maskvlp.engine.trainer import TrainResult, text_specials, train
 from maskvlp.eval.report import print_table, write_report
@@ -63,7 +63,7 @@ def evaluate_modules(models: dict[str, Pretrainer], cfg: RunConfig, out_dir: Pat
     json_path, md_path = write_report(results, out_dir, title, notes)
     if show_progress:
         print_table(results, title)
-        console.print(f"results: {md_path} and {json_path.name}", highlight=False, soft_wrap=True)
+        print_line(f"results: {md_path} and {json_path.name}")
     return results
 
 
@@ -81,8 +81,8 @@ def pretrain_and_evaluate(cfg: RunConfig, resume: str | None = None, evaluate: b
     is_main = init_distributed().is_main
     if is_main and show_progress:
         for line in result.data_report():
-            console.print(line, highlight=False, soft_wrap=True)
-        console.print(f"checkpoint: {result.checkpoint} (run folder {result.output_dir})", highlight=False, soft_wrap=True)
+            print_line(line)
+        print_line(f"checkpoint: {result.checkpoint} (run folder {result.output_dir})")
     if not evaluate or not is_main or result.checkpoint is None:
         return result, None
     trained = load_pretrainer(result.checkpoint)

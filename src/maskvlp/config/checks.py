@@ -74,6 +74,7 @@ def check_objective_params(name: str, params: ObjectiveParams) -> None:
 
 def validate(cfg: RunConfig) -> None:
     """Checks OmegaConf cannot express: choices, ranges and cross-field consistency."""
+    _check_ranges(cfg)  # first: the checks below divide by some of these settings
     check_choice("model.fusion.mode", cfg.model.fusion.mode, FUSION_MODES)
     check_choice("model.text.init", cfg.model.text.init, TEXT_INITS)
     check_choice("train.precision", cfg.train.precision, PRECISIONS)
@@ -90,7 +91,6 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("model.text.init=hf needs model.text.checkpoint=<folder of a HF BERT checkpoint>")
     if cfg.model.vision.image_size % cfg.model.vision.patch_size:
         raise ConfigError("model.vision.image_size must be a multiple of model.vision.patch_size")
-    _check_ranges(cfg)
     for section, width, heads in (("vision", cfg.model.vision.width, cfg.model.vision.heads),
                                   ("text", cfg.model.text.width, cfg.model.text.heads)):
         if width % heads:

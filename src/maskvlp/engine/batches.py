@@ -102,18 +102,16 @@ class StepBatches(torch.utils.data.Dataset):
     def __getitem__(self, d: int) -> dict:
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(self.epoch_of(d))
-        items, bad, failed_replacements = [], 0, 0
+        items, bad = [], 0
         for i in self.local_indices(d):
             item, failed = self._fetch(int(i))
             items.append(item)
             bad += failed > 0
-            failed_replacements += max(failed - 1, 0)
         batch = self.collate(items)
         # num_bad / num_seen: of the entries the sampler chose, how many were unreadable (an unbiased
-        # estimate of the data's bad fraction); stand-ins that were unreadable too are counted apart
+        # estimate of the data's bad fraction); stand-ins that were unreadable too are not counted again
         batch["num_bad"] = batch.get("num_bad", 0) + bad
         batch["num_seen"] = len(items)
-        batch["num_bad_replacements"] = failed_replacements
         return batch
 
 

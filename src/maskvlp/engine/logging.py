@@ -20,6 +20,12 @@ from maskvlp.files import atomic_write_text
 console = Console(stderr=True)
 
 
+def print_line(text: str) -> None:
+    """One plain line on stderr: no markup colouring, never cut or wrapped to a terminal's width (so a log
+    file or CI holds whole lines: paths, progress)."""
+    console.print(text, highlight=False, soft_wrap=True)
+
+
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """Records of a metrics.jsonl with a numeric ``step``; blank or torn lines (a run killed
     mid-write) are skipped, never an error."""
@@ -115,7 +121,7 @@ class TrainProgress:
         self.pending = (step, info)
 
     def _print(self, step: int, info: str) -> None:
-        console.print(f"train {step}/{self.total} {info}", highlight=False, soft_wrap=True)
+        print_line(f"train {step}/{self.total} {info}")
         self.printed = step
 
     def close(self) -> None:
@@ -148,9 +154,7 @@ def task_progress(description: str, total: int, enabled: bool = True, every_s: f
         state["done"] = done
         if time.monotonic() - last >= every_s:
             last = time.monotonic()
-            console.print(f"{description}: {done:,}/{total:,} ({time.monotonic() - start:.0f} s)",
-                          highlight=False, soft_wrap=True)
+            print_line(f"{description}: {done:,}/{total:,} ({time.monotonic() - start:.0f} s)")
 
     yield advance
-    console.print(f"{description}: {state['done']:,}/{total:,} done in {time.monotonic() - start:.0f} s",
-                  highlight=False, soft_wrap=True)
+    print_line(f"{description}: {state['done']:,}/{total:,} done in {time.monotonic() - start:.0f} s")

@@ -25,7 +25,7 @@ from maskvlp.engine import run_folder
 from maskvlp.files import atomic_write_text
 from maskvlp.engine.batches import DataError, StepBatches, StepSampler
 from maskvlp.distributed import DistInfo, barrier, init_distributed, reduce_mean
-from maskvlp.engine.logging import MetricsLogger, TrainProgress, console
+from maskvlp.engine.logging import MetricsLogger, TrainProgress, console, print_line
 from maskvlp.engine.optim import lr_factor, make_optimizer, set_lr
 from maskvlp.engine.precision import autocast, resolve_precision
 from maskvlp.engine.pretrainer import Pretrainer
@@ -203,11 +203,7 @@ def train(cfg: RunConfig, resume: str | None = None, show_progress: bool = True,
 
 
 def _printer(talk: bool) -> Callable[[str], None]:
-    def say(line: str) -> None:
-        if talk:
-            console.print(line, highlight=False, soft_wrap=True)
-
-    return say
+    return print_line if talk else lambda line: None
 
 
 def _resumed_loop(run: _Run, resume_from: Path | None) -> _Loop:
@@ -296,8 +292,7 @@ def _optimizer_step(run: _Run, loop: _Loop, ddp: torch.nn.Module,
         loop.step += 1
         return None
     loop.nonfinite = 0
-    log_now = loop.step + 1 == loop.total or (loop.step + 1) % tc.log_every == 0
-    grad_norm = _grad_norm(run.module, tc.grad_clip, log_now)
+    grad_norm = _grad_norm(run.module, tc.grad_clip, _logs_at(loop.step + 1, loop.total, tc.log_every))
     run.optimizer.step()
     run.module.after_step()
     loop.step += 1
@@ -316,7 +311,7 @@ def _after_step(run: _Run, loop: _Loop, logger: MetricsLogger, bar: TrainProgres
         calibrated = _calibrated_total(loop.step, loop.total, tc, elapsed, loop.step_times)
         loop.total = _agree(calibrated, "min", run.device) if _calibration_due(loop.step, loop.total) else calibrated
         bar.set_total(loop.total)
-    if loop.step % tc.log_every == 0 or loop.step == loop.total:
+    if _logs_at(loop.step, loop.total, tc.log_every):
         grad = {} if grad_norm is None else {"grad_norm": float(grad_norm)}
         logger.log(loop.step, {"loss": step_loss, **metrics, "lr": run.optimizer.param_groups[-1]["lr"], **grad,
                                "samples_per_s": tc.batch_size / dt, "elapsed_s": elapsed,
@@ -331,6 +326,11 @@ def _after_step(run: _Run, loop: _Loop, logger: MetricsLogger, bar: TrainProgres
     if loop.step % tc.ckpt_every == 0 or done or stopping:
         loop.last_ckpt = _save(run.out, loop.step, run.module, run.optimizer, loop.progress, run.cfg, run.info)
     return done or stopping
+
+
+def _logs_at(step: int, total: int, log_every: int) -> bool:
+    """Whether step ``step`` (counted from 1) writes a metrics line: every ``log_every``-th and the last."""
+    return step % log_every == 0 or step == total
 
 
 def _grad_norm(module: Pretrainer, clip: float, wanted: bool) -> torch.Tensor | None:
