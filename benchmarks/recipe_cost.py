@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/recipe_cost.py --recipes clip,albef,mlim,mamo,simla,scl,semmim,composite
 
+Precision: what ``train.precision=auto`` trains in (bf16 on a CPU with AMX, fp32 elsewhere).
 Time: every recipe is built once in this process; rounds then time one optimizer step
 (forward, backward, AdamW, EMA update) of each recipe in turn, so a slow moment of a shared
 machine hits every recipe alike; the median over rounds is reported. Memory: each recipe runs
@@ -24,6 +25,10 @@ from pathlib import Path
 
 import torch
 
+from maskvlp.engine.precision import autocast, resolve_precision
+
+CPU = torch.device("cpu")
+PRECISION = resolve_precision("auto", CPU)  # what training runs in: bf16 on a CPU with AMX, fp32 elsewhere
 SIZE_OVERRIDES = ["data.world.train_scenes=64", "model.text.init=scratch"]  # cost does not depend on the init
 
 
@@ -56,7 +61,8 @@ def build(recipe: str, size: str, batch_size: int, extra: list[str]):
 def step(module, optimizer, batch, index: int) -> float:
     """One full training step; returns its wall time in seconds."""
     t0 = time.perf_counter()
-    loss, _ = module(batch, 1000 + index)
+    with autocast(PRECISION, CPU):
+        loss, _ = module(batch, 1000 + index)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -126,7 +132,7 @@ def main() -> None:
         t = statistics.median(times[r])
         rows.append({"recipe": r, "step_s": t, "time_ratio": t / base_t, "step_mib": memory[r],
                      "memory_ratio": memory[r] / base_m if base_m > 0 else float("nan")})
-    lines = [f"Step cost, size {args.size}, batch {args.batch_size}, {args.threads} threads, median of "
+    lines = [f"Step cost, size {args.size}, batch {args.batch_size}, {args.threads} threads, {PRECISION}, median of "
              f"{args.rounds} interleaved rounds; ratios to albef measured in this run.", "",
              "| recipe | step (s) | time / albef | step memory (MiB) | memory / albef |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {x['recipe']} | {x['step_s']:.2f} | {x['time_ratio']:.2f} | {x['step_mib']:.0f} | {x['memory_ratio']:.2f} |"

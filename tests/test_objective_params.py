@@ -76,7 +76,7 @@ def test_an_unknown_parameter_names_the_valid_ones():
         "hard_negatives, random_mix, random_ramp_steps, random_steps, rank, text_negatives")
     recipe = load_config("albef")
     with pytest.raises(ConfigError, match=r"unknown config key 'objectives.mlm.params.ratios'; valid keys under "
-                                          r"objectives.mlm.params: alpha, alpha_ramp_steps, ratio$"):
+                                          r"objectives.mlm.params: alpha, alpha_ramp_steps, batch_share, ratio$"):
         build_objective("mlm", recipe.model, {"ratios": 0.2})
 
 

@@ -400,3 +400,45 @@ def test_declared_text_passes_run_as_one_batch_per_tower_with_unchanged_loss_and
     assert grads_g.keys() == grads_s.keys()
     for name in grads_g:
         torch.testing.assert_close(grads_g[name], grads_s[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.4])
+def test_mlm_on_a_share_of_the_batch_is_mlm_on_those_rows_of_the_whole_batch_mask(tmp_path, alpha):
+    """``batch_share`` 0.5 masks and predicts the first half of the captions only: the same masked tokens as the
+    whole-batch mask on those rows, the same per-token loss (each row's pass is independent of the others), and
+    the image rows it does not read get no MLM gradient."""
+    cfg = tiny_config(tmp_path, "albef", f"objectives.mlm.params.alpha={alpha}")
+    batch = _batch(cfg)
+    module = _module(tmp_path, "albef", f"objectives.mlm.params.alpha={alpha}")
+    whole = module.objectives["mlm"]
+    half = build_objective("mlm", cfg.model, dataclasses.replace(whole.params, batch_share=0.5))
+    from maskvlp.objectives.context import StepContext
+    step = 500  # alpha fully ramped in
+
+    def context():
+        return StepContext(module.model, batch, step, 0, SPECIALS)
+
+    ctx = context()
+    masked_half, _ = ctx.fused_masked_text(half.mask_key)
+    masked_all = ctx.masked_text(whole.mask_key)
+    assert masked_half.input_ids.shape[0] == 4
+    assert torch.equal(masked_half.masked, masked_all.masked[:4])
+    image_tokens = ctx.image.tokens
+    image_tokens.retain_grad()
+    loss_half = half(ctx).loss
+    # the whole-batch loss with the masked positions of rows 4.. taken out by hand
+    rows = masked_all.masked.clone()
+    rows[4:] = False
+    assert 0 < int(rows.sum()) < int(masked_all.masked.sum())
+    ctx_rows = context()
+    ctx_rows._masked[whole.mask_key] = type(masked_all)(masked_all.input_ids, masked_all.labels, rows)
+    torch.testing.assert_close(loss_half, whole(ctx_rows).loss, atol=1e-5, rtol=1e-5)
+    loss_half.backward()
+    assert image_tokens.grad[4:].abs().sum() == 0 and image_tokens.grad[:4].abs().sum() > 0
+
+
+def test_mlm_batch_share_outside_zero_one_is_a_config_error(tmp_path):
+    for bad in ("0", "1.5", "-0.2"):
+        with pytest.raises(ConfigError, match="batch_share"):
+            tiny_config(tmp_path, "albef", f"objectives.mlm.params.batch_share={bad}")
+

@@ -99,6 +99,8 @@ class MLMParams(ObjectiveParams):
     ratio: float = 0.15  # of the real tokens, with BERT's 80/10/10 [ALBEF]
     alpha: float = 0.4  # momentum distillation [ALBEF]; 0 builds no teacher fusion for it
     alpha_ramp_steps: int = 200
+    # the share of the batch's captions MLM masks and predicts (the first ceil(share * B) rows) [ours; ALBEF: 1]
+    batch_share: float = param(1.0, rule=within(0, 1, low_open=True))
 
 
 # ------------------------------------------------------------------------------------------------ MAMO

@@ -115,7 +115,8 @@ class StepContext:
             return (ids, mask) if bool(has.any()) else None
         if not isinstance(what, TextMaskKey):
             raise TypeError(f"a text pass reads a TextInput or a TextMaskKey, got {what!r}")
-        return self.masked_text(what).input_ids, self.batch.attention_mask
+        ids = self.masked_text(what).input_ids
+        return ids, self.batch.attention_mask[:ids.shape[0]]
 
     def encoded_text(self, teacher: bool, what: TextSource) -> Encoded:
         """One text-tower pass (student or EMA teacher), once per step: ``CLEAN`` captions, their
@@ -188,6 +189,9 @@ class StepContext:
         ``mask_fraction=1, random_fraction=0`` is plain all-[MASK] masking (SCL's completion pass).
         """
         key = _mask_key(ratio, mask_fraction, random_fraction)
+        if key.rows < 1.0 and key not in self._masked:  # the whole batch's mask, on the key's first rows
+            whole, n = self.masked_text(key.whole_batch), key.row_count(self.batch.input_ids.shape[0])
+            self._masked[key] = MaskedText(whole.input_ids[:n], whole.labels[:n], whole.masked[:n])
         ratio, mask_fraction, random_fraction = key.ratio, key.mask_fraction, key.random_fraction
         if key not in self._masked:
             ids = self.batch.input_ids
@@ -202,8 +206,9 @@ class StepContext:
 
     def fused_masked_text(self, ratio: float | TextMaskKey = 0.15, mask_fraction: float = 0.8,
                           random_fraction: float = 0.1, need_image: bool = False) -> tuple[MaskedText, FusionOutput]:
-        """The student's masked caption (:meth:`masked_text`) through the text tower and the fusion with the
-        clean image, once per step per mask: MLM's pass, and SCL's completion pass B when both name one mask.
+        """The student's masked caption (:meth:`masked_text`, on the key's rows) through the text tower and the
+        fusion with the clean image, once per step per mask: MLM's pass, and SCL's completion pass B when both
+        name one mask.
 
         Image states (``need_image``) are targets, so that stream keeps no graph (``image_grad=False``; the
         text states and their gradient are those of a text-only pass). They are computed on the first
@@ -216,8 +221,9 @@ class StepContext:
         cached = self._fused_masked_text.get(key)
         if cached is None or (need_image and cached.image is None):
             with_image = need_image or key in self._masked_text_image_states
-            cached = self.model.fuse(self.encoded_text(False, key).tokens, self.batch.attention_mask, self.image.tokens,
-                                     need_image=with_image, image_grad=False)
+            n = masked.input_ids.shape[0]  # the key's rows share
+            cached = self.model.fuse(self.encoded_text(False, key).tokens, self.batch.attention_mask[:n],
+                                     self.image.tokens[:n], need_image=with_image, image_grad=False)
             self._fused_masked_text[key] = cached
         return masked, cached
 

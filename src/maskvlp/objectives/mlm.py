@@ -5,6 +5,9 @@ caption goes through the text tower and the fusion encoder with the full image, 
 predicts the original tokens, only at masked positions (the vocabulary projection is the costly
 part). With ``alpha > 0`` the target mixes in the EMA teacher's prediction (momentum distillation),
 with the softmax over the vocabulary dimension (ALBEF applied it over the sequence: ALBEF #58).
+
+``batch_share`` < 1 (ours; ALBEF: 1) runs all of this on that share of the batch's captions only: MLM's
+passes were a third of an ``albef`` step (docs/design.md, "Speed of a step").
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ class MLM(Objective):
         self.ratio: float = p.ratio
         self.alpha: float = p.alpha
         self.alpha_ramp_steps: int = p.alpha_ramp_steps
-        self.mask_key = TextMaskKey(self.ratio)  # BERT's 80/10/10
+        self.mask_key = TextMaskKey(self.ratio, rows=p.batch_share)  # BERT's 80/10/10
 
     def reads(self) -> Reads:
         distil = self.alpha > 0
@@ -38,8 +41,9 @@ class MLM(Objective):
 
     def forward(self, ctx: StepContext) -> ObjectiveOutput:
         model = ctx.model
-        mask = ctx.batch.attention_mask
         masked, fused_out = ctx.fused_masked_text(self.mask_key)  # shared with any objective naming the same mask
+        rows = masked.input_ids.shape[0]  # batch_share of this rank's captions
+        mask = ctx.batch.attention_mask[:rows]
         fused = fused_out.text[masked.masked]
         logits = model.mlm_head(fused)
         labels = masked.labels[masked.masked]
@@ -48,7 +52,7 @@ class MLM(Objective):
         if alpha > 0:
             with torch.no_grad():
                 t_text = ctx.encoded_text(True, self.mask_key).tokens
-                t_fused = ctx.teacher_fuse(t_text, mask, ctx.teacher_image.tokens, need_image=False).text[masked.masked]
+                t_fused = ctx.teacher_fuse(t_text, mask, ctx.teacher_image.tokens[:rows], need_image=False).text[masked.masked]
                 soft = F.softmax(ctx.teacher_mlm_logits(t_fused).float(), dim=-1)
             per_token = (1 - alpha) * per_token - alpha * (soft * F.log_softmax(logits.float(), dim=-1)).sum(-1)
         # mean over the masked tokens of the *global* batch (ranks hold different counts)

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 from typing import Iterable, Union
 
@@ -23,16 +24,30 @@ class TextInput(enum.Enum):
 @dataclass(frozen=True)
 class TextMaskKey:
     """One BERT-style text-masking setting (``ratio`` of the real tokens; of those, ``mask_fraction`` become
-    [MASK] and ``random_fraction`` a random token). Values are stored as floats, so ``TextMaskKey(1, 1, 0)``
-    and ``TextMaskKey(1.0, 1.0, 0.0)`` are one key."""
+    [MASK] and ``random_fraction`` a random token), read on the first ``rows`` share of the batch's captions
+    (``ceil(rows * B)`` of this rank's rows; the mask drawn is that of the whole batch, so keys that differ only in
+    ``rows`` agree on the rows they share). Values are stored as floats, so ``TextMaskKey(1, 1, 0)`` and
+    ``TextMaskKey(1.0, 1.0, 0.0)`` are one key."""
 
     ratio: float = 0.15
     mask_fraction: float = 0.8
     random_fraction: float = 0.1
+    rows: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("ratio", "mask_fraction", "random_fraction"):
+        for name in ("ratio", "mask_fraction", "random_fraction", "rows"):
             object.__setattr__(self, name, float(getattr(self, name)))
+        if not 0.0 < self.rows <= 1.0:
+            raise ValueError(f"a text mask's rows share must be in (0, 1], got {self.rows}")
+
+    def row_count(self, batch: int) -> int:
+        """How many of ``batch`` rows the key reads: at least one."""
+        return batch if self.rows == 1.0 else max(1, math.ceil(self.rows * batch))
+
+    @property
+    def whole_batch(self) -> "TextMaskKey":
+        """The same mask on every row of the batch."""
+        return TextMaskKey(self.ratio, self.mask_fraction, self.random_fraction)
 
 
 TextSource = Union[TextInput, TextMaskKey]
@@ -52,7 +67,8 @@ class TextPass:
         the batch, and so the summation order of the embedding gradient, are what they were."""
         if isinstance(self.what, TextInput):
             return (0 if self.what is TextInput.CLEAN else 1,)
-        return (2, repr(self.what.ratio), repr(self.what.mask_fraction), repr(self.what.random_fraction))
+        return (2, repr(self.what.ratio), repr(self.what.mask_fraction), repr(self.what.random_fraction),
+                -self.what.rows)
 
 
 def _frozen(items: Iterable) -> frozenset:
