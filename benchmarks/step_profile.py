@@ -58,7 +58,8 @@ class PartClock:
                 self._stack[-1][4] += flops
 
     def reset(self) -> None:
-        self.seconds.clear(), self.rows.clear(), self.flops.clear()
+        for table in (self.seconds, self.rows, self.flops):
+            table.clear()
 
 
 @contextlib.contextmanager
@@ -167,7 +168,7 @@ def main() -> None:
     for i in range(2):  # warm-up (optimizer state, allocator)
         one_step(module, optimizer, batch, args.step + i, precision)
 
-    # forward parts: FLOPs from one counted step, times from the median-free sum over rounds
+    # forward parts: FLOPs from one counted step (counting slows it), times the mean over the rounds after it
     clock = PartClock()
     with instrumented(clock), flop_counter() as counter:
         clock.counter = counter
