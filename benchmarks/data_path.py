@@ -18,8 +18,10 @@ Run nothing else on the machine meanwhile, and name the CPU with the figures.
 from __future__ import annotations
 
 import argparse
+import atexit
 import functools
 import json
+import shutil
 import statistics
 import tempfile
 import time
@@ -51,10 +53,10 @@ def write_json_world(scenes: int, size: int, out: Path, long_captions: bool) -> 
     return pretrain
 
 
-def config_for(recipe: str, source: Path | None, batch_size: int, workers: int, steps: int):
+def config_for(recipe: str, source: Path | None, batch_size: int, workers: int, steps: int, scenes: int):
     from maskvlp.config import load_config
 
-    data = ["data.source=synthetic", "data.world.train_scenes=512"] if source is None else [
+    data = ["data.source=synthetic", f"data.world.train_scenes={scenes}"] if source is None else [
         "data.source=json", f"data.train_json=[{source}]", f"data.image_root={source.parent}"]
     return load_config(recipe, "tiny", [*SIZE_OVERRIDES, *data, f"train.batch_size={batch_size}",
                                         f"data.num_workers={workers}", f"train.max_steps={steps}"])
@@ -86,7 +88,8 @@ def loading_seconds(loader, batches: int) -> float:
     return (time.perf_counter() - t0) / batches
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
+    """Measure and print; returns the rows and the caption-length medians (tests call this)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", default="albef")
     ap.add_argument("--scenes", type=int, default=512)
@@ -96,7 +99,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the caption-length steps")
     ap.add_argument("--workers", default="0,1")
     ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     from maskvlp.data.tokenizer import load_tokenizer
@@ -107,6 +110,7 @@ def main() -> None:
     tokenizer = load_tokenizer()
     specials = text_specials(tokenizer)
     tmp = Path(tempfile.mkdtemp(prefix="maskvlp-data-path-"))
+    atexit.register(shutil.rmtree, tmp, True)  # the written PNG files go when the process ends
     sources: dict[str, Path | None] = {"in-memory world (synthetic)": None}
     for size in [int(s) for s in args.sizes.split(",") if s]:
         sources[f"JSON + {size} px PNG"] = write_json_world(args.scenes, size, tmp / f"png{size}", False)
@@ -115,7 +119,7 @@ def main() -> None:
                                                           first.parent, True)
 
     torch.manual_seed(0)
-    base_cfg = config_for(args.recipe, None, args.batch_size, 0, 10_000)
+    base_cfg = config_for(args.recipe, None, args.batch_size, 0, 10_000, args.scenes)
     module = Pretrainer(base_cfg, specials, load_pretrained=False)
     optimizer = make_optimizer(module, module.model, base_cfg.train)
 
@@ -130,13 +134,13 @@ def main() -> None:
     rows = []
     fixed: dict[str, dict] = {}
     for name, source in sources.items():
-        cfg = config_for(args.recipe, source, args.batch_size, 0, 10_000)
+        cfg = config_for(args.recipe, source, args.batch_size, 0, 10_000, args.scenes)
         dataset = build_pretrain_dataset(cfg)
         loader = loader_for(cfg, dataset, tokenizer)
         row = {"data": name, "tokens": mean_tokens(loader, 4), "load_s": loading_seconds(loader, args.batches)}
         fixed[name] = next(iter(loader))
         for workers in [int(w) for w in args.workers.split(",") if w]:
-            cfg_w = config_for(args.recipe, source, args.batch_size, workers, 10_000)
+            cfg_w = config_for(args.recipe, source, args.batch_size, workers, 10_000, args.scenes)
             it = iter(loader_for(cfg_w, build_pretrain_dataset(cfg_w), tokenizer))
             train_step(next(it), 0)  # warm-up (and worker start)
             t0 = time.perf_counter()
@@ -167,6 +171,7 @@ def main() -> None:
     s, ln = statistics.median(times[short_name]), statistics.median(times[long_name])
     print(f"\nfixed batch, no loading, median of {args.rounds} interleaved rounds: short captions {s:.3f} s, "
           f"captions x2 {ln:.3f} s ({ln / s:.2f}x)")
+    return {"rows": rows, "short_s": s, "long_s": ln}
 
 
 if __name__ == "__main__":
