@@ -4,6 +4,10 @@
 >>> m = maskvlp.load("runs/albef-tiny")                    # a run folder or a checkpoint folder
 >>> m.score(["cat.jpg", "cat.jpg"], ["a red circle", "a blue square"], method="itm")
 tensor([...])
+>>> maskvlp.load("runs/vqa-from-albef-tiny").answer(["cat.jpg"], ["what colour is the circle?"])
+['red']
+>>> maskvlp.load("runs/nlvr2-from-albef-tiny").verify([("a.png", "b.png")], ["both images contain a star"])
+[True]
 """
 from __future__ import annotations
 
@@ -61,7 +65,8 @@ class LoadedModel:
         from maskvlp.data.tokenizer import load_tokenizer
         from maskvlp.data.transforms import eval_transform
 
-        self.model = module.model.to(device).eval()
+        self.module = module.to(device).eval()  # with a task checkpoint: the task module, head included
+        self.model = module.model
         self.config = cfg
         self.device = device
         self.tokenizer = load_tokenizer()
@@ -134,10 +139,56 @@ class LoadedModel:
         return torch.cat(scores).cpu()
 
 
-def load(checkpoint: str | Path, device: str | torch.device | None = None) -> LoadedModel:
-    """Load a checkpoint folder, or a run folder's newest checkpoint, with its preprocessing."""
-    from maskvlp.pipeline import load_pretrainer
+    def _task(self, name: str, method: str) -> None:
+        if self.config.task.name != name:
+            kind = f"a fine-tuned {self.config.task.name}" if self.config.task.name else "a pre-trained"
+            raise ValueError(f"{method}() needs a fine-tuned {name} checkpoint; this is {kind} checkpoint "
+                             f"(maskvlp finetune {name} --from RUN makes one)")
 
-    module = load_pretrainer(checkpoint)
+    @torch.no_grad()
+    def answer(self, images: Sequence[ImageLike], questions: Sequence[str], batch_size: int = 64) -> list[str]:
+        """The top answer of the fine-tuned VQA head for each (images[i], questions[i])."""
+        self._task("vqa", "answer")
+        _check_texts(questions)
+        _check_images(images, self.config.model.vision.image_size)
+        if len(images) != len(questions):
+            raise ValueError(f"{len(images)} images but {len(questions)} questions: answer() takes aligned pairs")
+        out: list[str] = []
+        for i in range(0, len(questions), batch_size):
+            b = self.tokenizer.encode(list(questions[i:i + batch_size]), self.config.model.text.max_len)
+            logits = self.module.logits(self.preprocess_images(images[i:i + batch_size]), b.input_ids.to(self.device),
+                                        b.attention_mask.to(self.device))
+            out.extend(self.module.answers[k] for k in logits.argmax(1).tolist())
+        return out
+
+    @torch.no_grad()
+    def verify(self, image_pairs: Sequence[tuple[ImageLike, ImageLike]], statements: Sequence[str],
+               batch_size: int = 32) -> list[bool]:
+        """Whether each statement is true of its (left, right) pair, per the fine-tuned NLVR2 head."""
+        self._task("nlvr2", "verify")
+        _check_texts(statements)
+        if isinstance(image_pairs, (str, Path)) or any(len(p) != 2 for p in image_pairs):
+            raise ValueError("image_pairs must be a list of (left, right) image pairs")
+        lefts, rights = [p[0] for p in image_pairs], [p[1] for p in image_pairs]
+        _check_images(lefts, self.config.model.vision.image_size)
+        _check_images(rights, self.config.model.vision.image_size)
+        if len(image_pairs) != len(statements):
+            raise ValueError(f"{len(image_pairs)} image pairs but {len(statements)} statements: verify() takes aligned pairs")
+        out: list[bool] = []
+        for i in range(0, len(statements), batch_size):
+            b = self.tokenizer.encode(list(statements[i:i + batch_size]), self.config.model.text.max_len)
+            logits = self.module.logits(self.preprocess_images(lefts[i:i + batch_size]),
+                                        self.preprocess_images(rights[i:i + batch_size]),
+                                        b.input_ids.to(self.device), b.attention_mask.to(self.device))
+            out.extend(bool(k) for k in logits.argmax(1).tolist())
+        return out
+
+
+def load(checkpoint: str | Path, device: str | torch.device | None = None) -> LoadedModel:
+    """Load a checkpoint folder, or a run folder's newest checkpoint, with its preprocessing: pre-trained
+    (``embed_*``, ``score``) or fine-tuned (VQA: ``answer``; NLVR2: ``verify``; retrieval: as pre-trained)."""
+    from maskvlp.finetuning import load_task_module
+
+    module, cfg = load_task_module(checkpoint)
     dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return LoadedModel(module, module.config, dev)
+    return LoadedModel(module, cfg, dev)

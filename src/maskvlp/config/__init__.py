@@ -19,16 +19,18 @@ from maskvlp.config.objective_params import (
 )
 from maskvlp.config.schema import (
     BATCHINGS, DATA_SOURCES, FUSION_MODES, ITM_SCORES, MODEL_SIZES, OVERLAPPING_STEMS, PRECISIONS, STEM_INITS,
-    STEMS, TEXT_INITS, DataConfig, EvalConfig, FusionConfig, ModelConfig, ObjectiveConfig, RunConfig, TextConfig,
+    STEMS, TASK_SOURCES, TASKS, TEXT_INITS, DataConfig, EvalConfig, FusionConfig, ModelConfig, ObjectiveConfig,
+    RunConfig, TaskConfig, TextConfig,
     TrainConfig, VisionConfig, WorldConfig, model_size,
 )
 
 __all__ = [
     "BATCHINGS", "DATA_SOURCES", "FUSION_MODES", "ITM_SCORES", "MODEL_SIZES", "OBJECTIVE_NAMES", "OBJECTIVE_PARAMS",
-    "OVERLAPPING_STEMS", "PRECISIONS", "RANGES", "SECTIONS", "STEM_INITS", "STEMS", "TEXT_INITS", "TEXT_NEGATIVES",
+    "OVERLAPPING_STEMS", "PRECISIONS", "RANGES", "SECTIONS", "STEM_INITS", "STEMS", "TASK_SOURCES", "TASKS", "TEXT_INITS",
+    "TEXT_NEGATIVES",
     "ConfigError", "DataConfig", "EvalConfig", "FusionConfig", "ITCParams", "ITMParams", "MAMOParams", "MLIMParams",
     "MLMParams", "ModelConfig", "ObjectiveConfig", "ObjectiveParams", "RunConfig", "SCLParams", "SemMIMParams",
-    "SimlaMIMParams", "SimlaPSLParams", "TextConfig", "TrainConfig", "VisionConfig", "WorldConfig",
+    "SimlaMIMParams", "SimlaPSLParams", "TaskConfig", "TextConfig", "TrainConfig", "VisionConfig", "WorldConfig",
     "apply_overrides", "check_objective_params", "config_differences", "from_yaml", "load_config", "model_size",
     "objective_params", "recipe_names", "to_yaml", "validate",
 ]

@@ -11,7 +11,8 @@ from maskvlp.config.objective_params import (
 )
 from maskvlp.config.rules import Rule, above, at_least, check_choice, check_rule, within
 from maskvlp.config.schema import (
-    BATCHINGS, DATA_SOURCES, FUSION_MODES, ITM_SCORES, PRECISIONS, STEM_INITS, STEMS, TEXT_INITS, RunConfig,
+    BATCHINGS, DATA_SOURCES, FUSION_MODES, ITM_SCORES, PRECISIONS, STEM_INITS, STEMS, TASK_SOURCES, TASKS, TEXT_INITS,
+    RunConfig,
 )
 
 # Every numeric setting's valid range, checked before any work starts, so a value that would only fail
@@ -39,6 +40,8 @@ RANGES: dict[str, Rule] = {
     "train.log_every": at_least(1), "train.ckpt_every": at_least(1), "train.keep_checkpoints": at_least(0),
     "train.max_nonfinite": at_least(0),
     "eval.num_images": at_least(1), "eval.itm_k": at_least(1), "eval.batch_size": at_least(1),
+    "task.num_answers": at_least(2), "task.questions_per_scene": at_least(1), "task.train_pairs": at_least(1),
+    "task.test_pairs": at_least(1), "task.head_hidden": above(0),
 }
 
 
@@ -103,7 +106,8 @@ def validate(cfg: RunConfig) -> None:
                           f"{cfg.data.world.min_objects}")
     if cfg.data.source == "json" and not cfg.data.train_json:
         raise ConfigError("data.source=json needs data.train_json=[file.json,...]")
-    if not cfg.objectives:
+    _check_task(cfg)
+    if not cfg.objectives and cfg.task.name in ("", "retrieval"):
         raise ConfigError("the recipe lists no objectives")
     for i, obj in enumerate(cfg.objectives):
         check_choice(f"objectives.{i}.name", obj.name, OBJECTIVE_NAMES)
@@ -112,3 +116,16 @@ def validate(cfg: RunConfig) -> None:
                 raise ConfigError(f"objectives.{obj.name}.{key} must be >= 0, got {getattr(obj, key)}")
         check_objective_params(obj.name, objective_params(obj.name, obj.params))  # typed already: returned as is
 
+
+
+def _check_task(cfg: RunConfig) -> None:
+    """A task names a known task and, when it reads files, the files it trains and is tested on."""
+    task = cfg.task
+    if not task.name:
+        return
+    check_choice("task.name", task.name, TASKS)
+    check_choice("task.source", task.source, TASK_SOURCES)
+    if task.source == "files" and task.name != "retrieval" and not task.train_files and not task.test_files:
+        raise ConfigError(f"task.source=files needs task.train_files=[...] and/or task.test_files=[...] for {task.name}")
+    if task.blind and task.name != "vqa":
+        raise ConfigError("task.blind (the question-only floor) is a VQA setting")

@@ -88,7 +88,7 @@ def _typed_params(cfg: RunConfig) -> None:
             obj.params = objective_params(obj.name, obj.params)
 
 
-SECTIONS = ("model", "data", "train", "eval")  # recipe keys that hold a mapping of settings
+SECTIONS = ("model", "data", "train", "eval", "task")  # recipe keys that hold a mapping of settings
 
 
 def _check_recipe_shape(recipe: str, recipe_yaml: Any) -> None:

@@ -217,6 +217,39 @@ class EvalConfig:
     compare_random_init: bool = True
 
 
+# --------------------------------------------------------------------------------------------
+# Downstream tasks
+# --------------------------------------------------------------------------------------------
+TASKS = ("retrieval", "vqa", "nlvr2")
+TASK_SOURCES = ("synthetic", "files")
+
+
+@dataclass
+class TaskConfig:
+    """A downstream task (``maskvlp finetune TASK``); ``name`` is empty for pre-training.
+
+    What a fine-tuned checkpoint needs to be used alone is kept here, so its ``config.yaml`` carries it:
+    the answer vocabulary and the pre-trained checkpoint it started from (``init_*``).
+    """
+
+    name: str = ""  # "" (pre-training) | retrieval | vqa | nlvr2
+    init_from: str = ""  # the pre-trained checkpoint folder it started from; "none": no vision-language pre-training
+    init_recipe: str = ""  # recorded at the start: the pre-trained run's recipe and step
+    init_step: int = -1
+    source: str = "synthetic"  # synthetic (the world's task data) | files (the datasets' own files)
+    train_files: list[str] = field(default_factory=list)  # VQA v2 questions + annotations, ALBEF json, NLVR2 jsonl
+    train_image_root: str = ""
+    test_files: list[str] = field(default_factory=list)
+    test_image_root: str = ""
+    num_answers: int = 3129  # VQA: the answer vocabulary, the training set's most frequent answers (ViLT, METER)
+    answers: list[str] = field(default_factory=list)  # VQA: filled from the training set when fine-tuning starts
+    blind: bool = False  # VQA floor: the question-only model (every image replaced by a blank one)
+    questions_per_scene: int = 6  # synthetic VQA
+    train_pairs: int = 20000  # synthetic NLVR2 pairs of train scenes
+    test_pairs: int = 1000  # synthetic NLVR2 pairs of test (and of held-out) scenes
+    head_hidden: float = 2.0  # answer / pair classifier: hidden width as a multiple of the fused width (ViLT: 2)
+
+
 @dataclass
 class RunConfig:
     recipe: str = "albef"
@@ -226,3 +259,4 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     objectives: list[ObjectiveConfig] = field(default_factory=list)
+    task: TaskConfig = field(default_factory=TaskConfig)

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from maskvlp.config import RunConfig, to_yaml
@@ -26,11 +27,13 @@ from maskvlp.files import atomic_write_text
 from maskvlp.engine.batches import DataError, StepBatches, StepSampler
 from maskvlp.distributed import DistInfo, barrier, init_distributed, reduce_mean
 from maskvlp.engine.logging import MetricsLogger, TrainProgress, console, print_line
+from maskvlp.engine.job import Job, TrainModule
 from maskvlp.engine.optim import lr_factor, make_optimizer, set_lr
 from maskvlp.engine.precision import autocast, resolve_precision
 from maskvlp.engine.pretrainer import Pretrainer
 from maskvlp.negatives import WordLexicon
 from maskvlp.data.batch import Batch, TextSpecials
+from maskvlp.data.datasets import collate_pretrain
 
 CALIBRATE_AT = (20, 60)  # steps after which a time budget is converted into a step count
 CALIBRATION_WINDOW = 50  # recent steps whose median time is the speed
@@ -111,6 +114,17 @@ def data_notes(dataset: Any) -> list[str]:
     return notes
 
 
+def _pretrainer(cfg: RunConfig, specials: TextSpecials, start: bool) -> Pretrainer:
+    return Pretrainer(cfg, specials, load_pretrained=start)
+
+
+def _pretrain_optimizer(module: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
+    return make_optimizer(module, module.model, cfg.train)
+
+
+PRETRAINING = Job(build_pretrain_dataset, _pretrainer, _pretrain_optimizer, collate_pretrain, _to_batch)
+
+
 def _open_run_folder(cfg: RunConfig, resume: str | None, overwrite: bool, info: DistInfo, say: Callable[[str], None]) -> Path | None:
     """Claim ``output_dir`` for a new run, or find the checkpoint to resume and check its settings."""
     out = Path(cfg.output_dir)
@@ -139,7 +153,8 @@ class _Run:
     precision: Any
     say: Callable[[str], None]
     specials: TextSpecials
-    module: Pretrainer
+    module: TrainModule
+    job: Job
     optimizer: torch.optim.Optimizer
     notes: list[str]  # what loading the training set dropped or repaired
     stop_after: int | None
@@ -167,10 +182,11 @@ class _Loop:
 
 
 def train(cfg: RunConfig, resume: str | None = None, show_progress: bool = True,
-          stop_after: int | None = None, overwrite: bool = False) -> TrainResult:
-    """Pre-train per ``cfg``; ``resume`` is ``latest`` or a checkpoint path. ``stop_after`` ends the
-    run early after that many optimizer steps (as a kill would), leaving the schedule untouched.
-    A new run refuses an ``output_dir`` that holds another run's checkpoint unless ``overwrite``."""
+          stop_after: int | None = None, overwrite: bool = False, job: Job = PRETRAINING) -> TrainResult:
+    """Train ``job`` (pre-training unless a task hands its own) per ``cfg``; ``resume`` is ``latest`` or a
+    checkpoint path. ``stop_after`` ends the run early after that many optimizer steps (as a kill would),
+    leaving the schedule untouched. A new run refuses an ``output_dir`` that holds another run's checkpoint
+    unless ``overwrite``."""
     from maskvlp.data.tokenizer import load_tokenizer
 
     info: DistInfo = init_distributed()
@@ -186,13 +202,13 @@ def train(cfg: RunConfig, resume: str | None = None, show_progress: bool = True,
     tokenizer = load_tokenizer()
     specials = text_specials(tokenizer)
     with console.status("building the training set", spinner="dots") if talk else contextlib.nullcontext():
-        dataset = build_pretrain_dataset(cfg)
+        dataset = job.build_dataset(cfg)
     notes = data_notes(dataset)
     for line in notes:
         say(line)
     torch.manual_seed(tc.seed)
-    module = Pretrainer(cfg, specials, load_pretrained=resume is None).to(device)
-    run = _Run(cfg, info, device, precision, say, specials, module, make_optimizer(module, module.model, tc), notes,
+    module = job.build_module(cfg, specials, resume is None).to(device)
+    run = _Run(cfg, info, device, precision, say, specials, module, job, job.build_optimizer(module, cfg), notes,
                stop_after)
     loop = _resumed_loop(run, resume_from)
     # find_unused_parameters: a composed recipe may leave parts without gradient in a step (no ITC -> the
@@ -226,13 +242,11 @@ def _resumed_loop(run: _Run, resume_from: Path | None) -> _Loop:
 
 def _data_loader(run: _Run, dataset: Any, tokenizer: Any, start: int) -> torch.utils.data.DataLoader:
     """Micro-batches from optimizer step ``start`` on; micro-batch ``d`` is a function of (seed, d)."""
-    from maskvlp.data.datasets import collate_pretrain
-
     cfg, tc = run.cfg, run.cfg.train
     micro = tc.batch_size // tc.grad_accum
     if tc.batch_size % tc.grad_accum:
         raise DataError(f"train.batch_size={tc.batch_size} is not divisible by train.grad_accum={tc.grad_accum}")
-    collate = functools.partial(collate_pretrain, tokenizer=tokenizer, max_len=cfg.model.text.max_len)
+    collate = functools.partial(run.job.collate, tokenizer=tokenizer, max_len=cfg.model.text.max_len)
     batches = StepBatches(dataset, micro, tc.seed, run.info, collate,
                           lexical_pool=cfg.data.lexical_pool if cfg.data.batching == "lexical" else 0)
     return torch.utils.data.DataLoader(
@@ -277,7 +291,7 @@ def _optimizer_step(run: _Run, loop: _Loop, ddp: torch.nn.Module,
         raw = next(data_iter)
         loop.progress["bad"] += raw["num_bad"]
         loop.progress["seen"] += raw["num_seen"]
-        batch = _to_batch(raw, run.device, micro, run.specials.pad_id)
+        batch = run.job.to_batch(raw, run.device, micro, run.specials.pad_id)
         with autocast(run.precision, run.device):
             loss, metrics = ddp(batch, loop.step, m)
         (loss / tc.grad_accum).backward()
@@ -333,7 +347,7 @@ def _logs_at(step: int, total: int, log_every: int) -> bool:
     return step % log_every == 0 or step == total
 
 
-def _grad_norm(module: Pretrainer, clip: float, wanted: bool) -> torch.Tensor | None:
+def _grad_norm(module: TrainModule, clip: float, wanted: bool) -> torch.Tensor | None:
     """The global gradient norm before clipping: computed every step when clipping needs it, else only
     on the steps that log it (None otherwise: never a placeholder 0 that reads as "no gradient")."""
     params = module.trainable_parameters()
@@ -381,14 +395,14 @@ def _check_bad_fraction(state: dict, limit: float) -> None:
                         f"data.max_bad_fraction={100 * limit:.1f}%); `maskvlp data check` lists them, or fix the image paths")
 
 
-def _save(out: Path, step: int, module: Pretrainer, optimizer, state: dict, cfg: RunConfig, info: DistInfo) -> Path | None:
+def _save(out: Path, step: int, module: nn.Module, optimizer, state: dict, cfg: RunConfig, info: DistInfo) -> Path | None:
     path = None
     if info.is_main:
         bad = [n for n, p in module.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
         if bad:
             raise TrainingDiverged(f"non-finite values in {bad[:5]}; checkpoint not written")
         payload = {"optimizer": optimizer.state_dict(), "progress": dict(state), "rng_cpu": torch.get_rng_state()}
-        path = ckpt.save_checkpoint(out, step, module, payload, to_yaml(cfg), {"recipe": cfg.recipe},
+        path = ckpt.save_checkpoint(out, step, module, payload, to_yaml(cfg), {"recipe": cfg.recipe, "task": cfg.task.name or "pretrain"},
                                     keep=cfg.train.keep_checkpoints)
     barrier()
     return path if info.is_main else ckpt.resolve_checkpoint("latest", out)

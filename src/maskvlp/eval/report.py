@@ -77,18 +77,19 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def write_report(results: Results, out_dir: Path, title: str, notes: list[str] | None = None) -> tuple[Path, Path]:
+def write_report(results: Results, out_dir: Path, title: str, notes: list[str] | None = None,
+                 columns: Sequence[str] = COLUMNS) -> tuple[Path, Path]:
     """Write ``results.json`` and ``results.md`` into ``out_dir``; return their paths.
 
     results.json is ``{"title": str, "notes": [str], "results": {row: {metric: float | null}}}``
     (non-finite numbers become null). results.md has the title, the markdown table and the notes
-    as a bullet list. Metrics outside :data:`COLUMNS` (e.g. ``r_mean``) are in the JSON only.
+    as a bullet list. Metrics outside ``columns`` (e.g. ``r_mean``) are in the JSON only.
     """
     out_dir = Path(out_dir)
     notes = list(notes or [])
     payload = {"title": title, "notes": notes, "results": _json_safe(results)}
     json_path = atomic_write_text(out_dir / "results.json", json.dumps(payload, indent=2, allow_nan=False) + "\n")
-    md = f"# {title}\n\n{markdown_table(results)}"
+    md = f"# {title}\n\n{markdown_table(results, columns)}"
     if notes:
         md += "\n" + "".join(f"- {n}\n" for n in notes)
     md_path = atomic_write_text(out_dir / "results.md", md)

@@ -56,3 +56,22 @@ class MLMHead(nn.Module):
     def forward(self, hidden: Tensor) -> Tensor:
         """hidden (M, D) — pass only the masked positions, the vocab projection is the costly part -> (M, V)."""
         return self.decoder(self.norm(self.act(self.dense(hidden)))) + self.bias
+
+
+class ClassifierHead(nn.Module):
+    """Linear -> LayerNorm -> GELU -> Linear over a pooled fused state: ViLT's VQA and NLVR2 heads.
+
+    VQA reads one fused state (``in_dim`` = width) into the answer vocabulary; NLVR2 reads the two
+    images' fused states side by side (``in_dim`` = 2 x width) into true / false.
+    """
+
+    def __init__(self, in_dim: int, hidden: int, num_classes: int, eps: float = 1e-12):
+        super().__init__()
+        self.dense = nn.Linear(in_dim, hidden)
+        self.norm = nn.LayerNorm(hidden, eps=eps)
+        self.act = nn.GELU()
+        self.out = nn.Linear(hidden, num_classes)
+        self.apply(init_weights)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(self.act(self.norm(self.dense(x))))

@@ -23,15 +23,28 @@ One module per job; this package re-exports the public names, so import from
 * :mod:`.probes`: binding probes (colour-swapped / relation-reversed twins);
 * :mod:`.render`: drawing scenes to ``uint8`` images;
 * :mod:`.world`: :class:`SyntheticWorld`, which ties them together per seed;
-* :mod:`.export`: writing a split as ALBEF / Karpathy JSON plus PNGs.
+* :mod:`.export`: writing a split as ALBEF / Karpathy JSON plus PNGs;
+* :mod:`.questions`: VQA-style questions with exact, balanced answers (:func:`write_questions`);
+* :mod:`.statements`: NLVR2-style statements about scene pairs (:func:`write_statement`);
+* :mod:`.task_export`: writing VQA v2, NLVR2 and ALBEF task files plus PNGs.
 """
 from __future__ import annotations
 
 from maskvlp.data.synthetic.captions import write_captions
 from maskvlp.data.synthetic.export import export_albef_json
 from maskvlp.data.synthetic.probes import BindingProbe, colour_swap, reverse_relation
+from maskvlp.data.synthetic.questions import QUESTION_TYPES, Query, Question, answer_query, write_questions
 from maskvlp.data.synthetic.render import render_scene
 from maskvlp.data.synthetic.scenes import Scene, SceneObject, choose_heldout_pairs
+from maskvlp.data.synthetic.statements import STATEMENT_KINDS, PairClaim, Statement, pair_label, write_statement
+from maskvlp.data.synthetic.task_export import (
+    export_albef_nlvr2,
+    export_albef_vqa,
+    export_karpathy_train,
+    export_nlvr2,
+    export_vqa_v2,
+    nlvr2_image_names,
+)
 from maskvlp.data.synthetic.text import NUM_STYLES, caption_kind, realize
 from maskvlp.data.synthetic.truth import (
     Caption,
@@ -58,7 +71,7 @@ from maskvlp.data.synthetic.vocabulary import (
     SMALL_RADIUS,
     SPLITS,
 )
-from maskvlp.data.synthetic.world import SyntheticWorld
+from maskvlp.data.synthetic.world import QUESTIONS_PER_SCENE, SyntheticWorld
 
 __all__ = [
     "ATTRIBUTES",
@@ -70,6 +83,8 @@ __all__ = [
     "MAX_OBJECTS",
     "NUM_STYLES",
     "PLACEMENT_GAP",
+    "QUESTIONS_PER_SCENE",
+    "QUESTION_TYPES",
     "RADIUS_JITTER",
     "RELATIONS",
     "RELATION_MARGIN",
@@ -77,22 +92,37 @@ __all__ = [
     "SIZES",
     "SMALL_RADIUS",
     "SPLITS",
+    "STATEMENT_KINDS",
     "BindingProbe",
     "Caption",
     "CaptionSpec",
     "ObjectDescription",
+    "PairClaim",
+    "Query",
+    "Question",
     "Scene",
     "SceneObject",
+    "Statement",
     "SyntheticWorld",
+    "answer_query",
     "caption_kind",
     "choose_heldout_pairs",
     "colour_swap",
     "export_albef_json",
+    "export_albef_nlvr2",
+    "export_albef_vqa",
+    "export_karpathy_train",
+    "export_nlvr2",
+    "export_vqa_v2",
     "holds",
+    "nlvr2_image_names",
+    "pair_label",
     "realize",
     "relation_holds",
     "render_scene",
     "reverse_relation",
     "truth_matrix",
     "write_captions",
+    "write_questions",
+    "write_statement",
 ]

@@ -12,14 +12,18 @@ import numpy as np
 from maskvlp.config import WorldConfig
 from maskvlp.data.synthetic.captions import write_captions
 from maskvlp.data.synthetic.probes import BindingProbe, _colour_swap_probe, _relation_probe
+from maskvlp.data.synthetic.questions import Question, write_questions
 from maskvlp.data.synthetic.render import render_scene
 from maskvlp.data.synthetic.scenes import Scene, _pick, _place, choose_heldout_pairs
+from maskvlp.data.synthetic.statements import write_statement
 from maskvlp.data.synthetic.truth import Caption
 from maskvlp.data.synthetic.vocabulary import (
     _SPLIT_CODES,
     _STREAM_CAPTIONS,
     _STREAM_PROBES,
+    _STREAM_QUESTIONS,
     _STREAM_RENDER,
+    _STREAM_STATEMENTS,
     COLOURS,
     LARGE_RADIUS,
     MATERIALS,
@@ -30,6 +34,10 @@ from maskvlp.data.synthetic.vocabulary import (
     SMALL_RADIUS,
     SPLITS,
 )
+from maskvlp.data.tasks.examples import Nlvr2Example, VqaExample
+
+QUESTIONS_PER_SCENE = 6
+_QUESTION_ID_STRIDE = 100  # question_id = scene index * stride + k, as VQA ids encode the image
 
 
 class SyntheticWorld:
@@ -113,3 +121,43 @@ class SyntheticWorld:
         rng = self._scene_rng(_STREAM_PROBES, scene)
         probes = [_colour_swap_probe(scene, rng), _relation_probe(scene, rng)]
         return [p for p in probes if p is not None]
+
+    def questions(self, scene: Scene, num: int = QUESTIONS_PER_SCENE) -> list[Question]:
+        """Up to ``num`` VQA-style questions with verified answers; the first ``k`` do not depend on ``num``."""
+        return write_questions(scene, num, self._scene_rng(_STREAM_QUESTIONS, scene), self.heldout_pairs)
+
+    def _first_scenes(self, split: str, num_scenes: int | None) -> list[Scene]:
+        """The first ``num_scenes`` scenes of a split (all when None), without building the whole
+        split just for a few."""
+        total = self.num_scenes(split)
+        if num_scenes is None or split in self._scenes:
+            return self.scenes(split)[: total if num_scenes is None else num_scenes]
+        return [self.scene(split, i) for i in range(min(num_scenes, total))]
+
+    def vqa_examples(self, split: str, num_scenes: int | None = None, per_scene: int = QUESTIONS_PER_SCENE) -> list[VqaExample]:
+        """Questions about the first ``num_scenes`` scenes of ``split`` (all by default); ``image`` is
+        the scene index and ``question_id = index * 100 + k``."""
+        if not 1 <= per_scene <= _QUESTION_ID_STRIDE:
+            raise ValueError(f"per_scene must be in [1, {_QUESTION_ID_STRIDE}], got {per_scene}")
+        out = []
+        for index, scene in enumerate(self._first_scenes(split, num_scenes)):
+            for k, q in enumerate(self.questions(scene, per_scene)):
+                out.append(VqaExample(index * _QUESTION_ID_STRIDE + k, index, q.text, q.answers, q.answer_type,
+                                      q.question_type, q.heldout))
+        return out
+
+    def nlvr2_examples(self, split: str, num_pairs: int, num_scenes: int | None = None) -> list[Nlvr2Example]:
+        """``num_pairs`` statements about pairs of distinct scenes among the first ``num_scenes`` of
+        ``split``; pair ``p`` (identifier ``"{split}-{p}-0-0"``) depends only on (seed, split, p,
+        num_scenes), and ``left`` / ``right`` are scene indices."""
+        scenes = self._first_scenes(split, num_scenes)
+        if len(scenes) < 2:
+            raise ValueError(f"NLVR2 pairs need 2 or more scenes; split {split!r} has {len(scenes)} here")
+        out = []
+        for pair in range(num_pairs):
+            rng = np.random.default_rng([self.seed, _STREAM_STATEMENTS, _SPLIT_CODES[split], pair])
+            left = int(rng.integers(len(scenes)))
+            right = (left + 1 + int(rng.integers(len(scenes) - 1))) % len(scenes)
+            statement = write_statement(scenes[left], scenes[right], rng, self.heldout_pairs)
+            out.append(Nlvr2Example(f"{split}-{pair}-0-0", statement.text, statement.label, left, right, statement.heldout))
+        return out

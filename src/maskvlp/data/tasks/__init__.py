@@ -1,0 +1,1 @@
+"""Downstream tasks: example records, file readers and datasets."""

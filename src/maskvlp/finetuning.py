@@ -1,0 +1,161 @@
+"""What ``maskvlp finetune TASK`` and ``maskvlp evaluate TASK`` do, as plain functions.
+
+A fine-tuning run is a training run like pre-training (the engine's loop, run folder, resume, metrics
+and checkpoints), handed the task's job; it then evaluates on the task's test splits. Fine-tuned
+retrieval is evaluated beside the zero-shot figure of the checkpoint it started from.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from maskvlp.config import ConfigError, RunConfig, apply_overrides, from_yaml
+from maskvlp.distributed import init_distributed
+from maskvlp.engine import checkpoint as ckpt
+from maskvlp.engine.job import Job
+from maskvlp.engine.logging import console, print_line
+from maskvlp.engine.trainer import PRETRAINING, TrainResult, text_specials, train
+from maskvlp.eval.report import print_table, write_report
+from maskvlp.pipeline import evaluate_modules, load_pretrainer
+from maskvlp.tasks import nlvr2, vqa
+from maskvlp.tasks.modules import Nlvr2Module, VqaModule
+from maskvlp.tasks.start import (
+    NONE, finetune_config, slow_rule, start_module, starts_from_checkpoint,
+)
+
+VQA_TYPES = ("type/yes/no", "type/number", "type/other")
+MAX_QUESTION_TYPE_COLUMNS = 10  # the world has 8; VQA v2's 65 stay in results.json
+
+
+def prepare(task: str, source: str, overrides: list[str], size: str | None = None) -> RunConfig:
+    """The run's config: the task recipe over the pre-trained run (see :func:`finetune_config`), with a
+    retrieval run's ``task.*`` files mapped onto the pre-training reader's ``data.*`` / ``eval.*``."""
+    cfg = finetune_config(task, source, overrides, size)
+    if task == "retrieval" and cfg.task.source == "files":
+        if not cfg.task.train_files or not cfg.task.test_files:
+            raise ConfigError("retrieval on files needs task.train_files=[train.json] (ALBEF's coco_train.json layout) "
+                              "and task.test_files=[test.json] (Karpathy test layout)")
+        cfg.data.source, cfg.data.train_json, cfg.data.image_root = "json", list(cfg.task.train_files), cfg.task.train_image_root
+        cfg.eval.test_json, cfg.eval.image_root = cfg.task.test_files[0], cfg.task.test_image_root
+    return cfg
+
+
+def _retrieval_job(cfg: RunConfig) -> Job:
+    from dataclasses import replace
+
+    from maskvlp.engine.optim import make_optimizer
+    from maskvlp.engine.pretrainer import Pretrainer
+
+    def build(cfg: RunConfig, specials, start: bool) -> Pretrainer:
+        return start_module(lambda unimodal: Pretrainer(cfg, specials, load_pretrained=unimodal), cfg, start)
+
+    def optimizer(module: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
+        return make_optimizer(module, module.model, cfg.train, slow_rule(cfg))
+
+    return replace(PRETRAINING, build_module=build, build_optimizer=optimizer, describe="retrieval fine-tuning")
+
+
+def _job_for(cfg: RunConfig, show_progress: bool) -> tuple[Job, list[str]]:
+    """The task's engine job, its training set built, and what building it left out. A VQA run's answer
+    vocabulary is taken from its training set here, before the run's config is saved with it."""
+    if cfg.task.name == "vqa":
+        examples, images = vqa.training_examples(cfg, show_progress)
+        if not cfg.task.answers:
+            cfg.task.answers = vqa.answer_vocabulary(cfg, examples)
+        train_set = vqa.training_set(cfg, examples, images)
+        left_out = train_set.skipped_out_of_vocab
+        notes = [f"training: {left_out:,} of {len(examples):,} questions left out: no answer in the "
+                 f"{len(cfg.task.answers):,}-answer vocabulary (kept for evaluation)"] if left_out else []
+        return vqa.job(cfg, train_set), notes
+    if cfg.task.name == "nlvr2":
+        return nlvr2.job(cfg, nlvr2.training_set(cfg, show_progress)), []
+    return _retrieval_job(cfg), []
+
+
+def finetune_and_evaluate(cfg: RunConfig, resume: str | None = None, evaluate: bool = True,
+                          show_progress: bool = True, overwrite: bool = False) -> tuple[TrainResult, dict | None]:
+    """Train the task ``cfg.task.name`` from its start, then evaluate the last checkpoint."""
+    task = cfg.task.name
+    talk = show_progress and init_distributed().is_main
+    if talk:
+        start = (f"{cfg.task.init_recipe} checkpoint {cfg.task.init_from} (step {cfg.task.init_step})"
+                 if starts_from_checkpoint(cfg) else "no vision-language pre-training (--from none)")
+        print_line(f"{task} fine-tuning from {start}")
+    job, notes = _job_for(cfg, talk)
+    result = train(cfg, resume=resume, show_progress=show_progress, overwrite=overwrite, job=job)
+    result.data_notes.extend(notes)
+    if talk:
+        for line in result.data_report():
+            print_line(line)
+        print_line(f"checkpoint: {result.checkpoint} (run folder {result.output_dir})")
+    if not evaluate or not init_distributed().is_main or result.checkpoint is None:
+        return result, None
+    title = (f"{task} fine-tuned from {cfg.task.init_recipe or 'none'} ({cfg.model.size}): {result.steps} steps, "
+             f"{result.seconds / 60:.1f} min, {result.samples:,} samples")
+    return result, evaluate_task_checkpoint(result.checkpoint, [], str(Path(cfg.output_dir) / "eval"), show_progress, title=title,
+                                            extra_notes=result.data_report())
+
+
+def load_task_module(path: str | Path) -> tuple[torch.nn.Module, RunConfig]:
+    """A fine-tuned checkpoint's module (VQA, NLVR2, or retrieval's pre-training module) with its config."""
+    path = ckpt.resolve_checkpoint(str(path))
+    cfg = from_yaml(ckpt.read_config_yaml(path))
+    if cfg.task.name == "retrieval" or not cfg.task.name:
+        return load_pretrainer(path), cfg
+    from maskvlp.data.tokenizer import load_tokenizer
+
+    cls = VqaModule if cfg.task.name == "vqa" else Nlvr2Module
+    module = cls(cfg, text_specials(load_tokenizer()), load_unimodal=False)
+    ckpt.load_weights(path, module)
+    module.eval()
+    return module, cfg
+
+
+def _columns(task: str, results: dict[str, dict[str, float]]) -> tuple[str, ...]:
+    if task == "nlvr2":
+        return ("accuracy", "consistency", "n")
+    qtypes = sorted({k for row in results.values() for k in row if k.startswith("qtype/")})
+    shown = qtypes if len(qtypes) <= MAX_QUESTION_TYPE_COLUMNS else []
+    return ("overall", *VQA_TYPES, *shown, "n")
+
+
+def evaluate_task_checkpoint(path: str | Path, overrides: list[str], output_dir: str | None = None,
+                             show_progress: bool = True, title: str | None = None,
+                             extra_notes: list[str] | None = None, task: str | None = None) -> dict[str, Any]:
+    """``maskvlp evaluate TASK``: a fine-tuned checkpoint on its task's test splits (its own config, with
+    ``eval.*`` / ``task.test_*`` overrides); results.json / results.md in ``<checkpoint>/eval``."""
+    from maskvlp.data.tokenizer import load_tokenizer
+
+    path = ckpt.resolve_checkpoint(str(path))
+    module, saved = load_task_module(path)
+    if task is not None and saved.task.name != task:
+        raise ConfigError(f"{path} is a {saved.task.name or 'pre-training'} checkpoint, not a {task} one")
+    cfg = apply_overrides(saved, overrides)
+    out = Path(output_dir) if output_dir else path / "eval"
+    title = title or f"{cfg.task.name} checkpoint {path}"
+    start = cfg.task.init_from if starts_from_checkpoint(cfg) else NONE
+    notes = [f"started from: {start}" + (f" ({cfg.task.init_recipe}, step {cfg.task.init_step})"
+                                         if starts_from_checkpoint(cfg) else ""), *(extra_notes or [])]
+    if cfg.task.name == "retrieval":
+        models = {"fine-tuned": module}
+        if starts_from_checkpoint(cfg) and Path(cfg.task.init_from).is_dir():
+            models["zero-shot (start)"] = load_pretrainer(cfg.task.init_from)
+        cfg.eval.compare_random_init = False
+        return evaluate_modules(models, cfg, out, title, show_progress, notes)
+    tokenizer = load_tokenizer()
+    runner = vqa if cfg.task.name == "vqa" else nlvr2
+    status = console.status("building the evaluation sets") if show_progress else contextlib.nullcontext()
+    with status:
+        sets = runner.evaluation_sets(cfg)
+    label = "question only" if cfg.task.blind else "fine-tuned"
+    results, skipped = runner.evaluate(module, sets, tokenizer, cfg, label)
+    notes.extend(skipped)
+    columns = _columns(cfg.task.name, results)
+    json_path, md_path = write_report(results, out, title, notes, columns)
+    if show_progress:
+        print_table(results, title, columns)
+        print_line(f"results: {md_path} and {json_path.name}")
+    return results

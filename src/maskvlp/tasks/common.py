@@ -1,0 +1,70 @@
+"""What the tasks share: the synthetic world at the model's image size, evaluation sets, batched prediction."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+
+import torch
+
+from maskvlp.config import RunConfig
+from maskvlp.data.tasks.datasets import TaskImages
+from maskvlp.engine.logging import console
+from maskvlp.engine.precision import autocast, resolve_precision
+
+if TYPE_CHECKING:
+    from maskvlp.data.synthetic import SyntheticWorld
+
+SYNTHETIC_TEST_SPLITS = ("test", "heldout")  # heldout: every scene holds a colour-shape pair never trained on
+
+
+@dataclass
+class EvalSet:
+    """Examples of one evaluation split and the images they refer to."""
+
+    name: str
+    examples: list[Any]
+    images: TaskImages
+
+
+def world_for(cfg: RunConfig, test_scenes: int | None = None) -> "SyntheticWorld":
+    from maskvlp.data.synthetic import SyntheticWorld
+
+    world_cfg = dataclasses.replace(cfg.data.world, image_size=cfg.model.vision.image_size)
+    if test_scenes is not None:
+        world_cfg = dataclasses.replace(world_cfg, test_scenes=max(world_cfg.test_scenes, test_scenes))
+    return SyntheticWorld(world_cfg)
+
+
+def rendered_split(world: "SyntheticWorld", split: str, num_scenes: int | None, image_size: int,
+                   show_progress: bool = False) -> TaskImages:
+    """The first ``num_scenes`` scenes of a split drawn once into memory (indices = scene indices)."""
+    from maskvlp.data.datasets import _render_all
+
+    scenes = world.scenes(split)[:num_scenes]
+    status = console.status(f"rendering {len(scenes):,} {split} scenes") if show_progress else contextlib.nullcontext()
+    with status:
+        return TaskImages(image_size, _render_all(world, scenes, None, None))
+
+
+def batched(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def load_rows(examples: Sequence[Any], load: Callable[[Any], Any]) -> tuple[list[Any], list[Any], int]:
+    """(examples whose images read, their loaded images, how many were skipped as unreadable)."""
+    kept, loaded = [], []
+    for example in examples:
+        images = load(example)
+        if images is not None:
+            kept.append(example)
+            loaded.append(images)
+    return kept, loaded, len(examples) - len(kept)
+
+
+def inference(module: torch.nn.Module, cfg: RunConfig) -> tuple[torch.device, contextlib.AbstractContextManager]:
+    """The module's device and the autocast context training used (``train.precision``)."""
+    device = next(module.parameters()).device
+    return device, autocast(resolve_precision(cfg.train.precision, device), device)
