@@ -158,3 +158,82 @@ def test_api_answer_and_verify_on_fine_tuned_checkpoints(tmp_path):
             assert verdicts == model.verify(pairs, statements) and all(isinstance(v, bool) for v in verdicts)
             with pytest.raises(ValueError, match="answer"):
                 model.answer(pictures[:1], ["what colour is the circle?"])
+
+
+def _world(tmp_path: Path):
+    from maskvlp.config import WorldConfig
+    from maskvlp.data.synthetic import SyntheticWorld
+
+    return SyntheticWorld(WorldConfig(image_size=32, train_scenes=24, test_scenes=8))
+
+
+def _official_files(tmp_path: Path, task: str, layout: str) -> list[str]:
+    """Files in a dataset's own layout, written from the world, with one image deleted from each split."""
+    from maskvlp.data.synthetic import task_export
+
+    world, out = _world(tmp_path), tmp_path / "files"
+    if task == "vqa" and layout == "official":
+        train = list(task_export.export_vqa_v2(world, "train", out))
+        test = list(task_export.export_vqa_v2(world, "test", out, subtype="val2014"))
+        (out / "train2014" / "COCO_train2014_000000000003.png").unlink()
+        (out / "val2014" / "COCO_val2014_000000000001.png").unlink()
+        roots = [out, out]
+    elif task == "vqa":
+        train, test = [task_export.export_albef_vqa(world, "train", out)], [task_export.export_albef_vqa(world, "test", out)]
+        first = json.loads(test[0].read_text())[0]["image"]
+        (out / first).unlink()
+        roots = [out, out]
+    elif layout == "official":
+        train, test = [task_export.export_nlvr2(world, "train", out, 40)], [task_export.export_nlvr2(world, "test", out, 10)]
+        lefts = sorted((out / "images" / "test").glob("*-img0.png"))
+        lefts[0].unlink()
+        roots = [out / "images" / "train", out / "images" / "test"]
+    else:
+        train = [task_export.export_albef_nlvr2(world, "train", out, 40)]
+        test = [task_export.export_albef_nlvr2(world, "test", out, 10)]
+        (out / json.loads(test[0].read_text())[0]["images"][1]).unlink()
+        roots = [out, out]
+    return [f"task.train_files=[{','.join(map(str, train))}]", f"task.test_files=[{','.join(map(str, test))}]",
+            f"task.train_image_root={roots[0]}", f"task.test_image_root={roots[1]}"]
+
+
+@pytest.mark.parametrize("task,layout", [("vqa", "official"), ("vqa", "albef"), ("nlvr2", "official"),
+                                         ("nlvr2", "albef")])
+def test_tasks_run_end_to_end_on_files_in_the_datasets_own_layouts(tmp_path, task, layout):
+    """Fine-tune and evaluate from files as the datasets ship them: a missing image is skipped and counted,
+    never a crash; with a 4-answer vocabulary most questions have no answer in it: left out of training
+    (counted), kept in evaluation."""
+    settings = _official_files(tmp_path, task, layout)
+    extra = ["task.source=files", "train.max_steps=2", *settings] + (["task.num_answers=4"] if task == "vqa" else [])
+    cfg = _cfg(tmp_path, task, "none", *extra)
+    result, rows = finetune_and_evaluate(cfg, show_progress=False)
+    assert result.steps == 2 and rows is not None
+    report = json.loads((Path(cfg.output_dir) / "eval" / "results.json").read_text())
+    notes = " ".join(report["notes"])
+    assert "skipped: unreadable image" in notes, notes
+    (row,) = report["results"].values()
+    if task == "vqa":
+        assert len(cfg.task.answers) == 4 and "left out: no answer in the 4-answer vocabulary" in notes
+        assert row["n"] == 8 * 6 - 6  # every test question but the 6 about the deleted picture
+        assert 0 <= row["overall"] <= 100
+    else:
+        assert row["n"] == 9 and 0 <= row["accuracy"] <= 100
+    assert result.bad_samples >= (1 if layout == "official" and task == "vqa" else 0)
+
+
+def test_retrieval_finetunes_on_karpathy_files_and_shows_the_zero_shot_start(tmp_path):
+    from maskvlp.config import load_config
+    from maskvlp.data.synthetic import export_albef_json, task_export
+
+    world = _world(tmp_path)
+    train_json = task_export.export_karpathy_train(world, "train", tmp_path / "files")
+    _, test_json = export_albef_json(world, "test", tmp_path / "files")
+    pre = load_config("albef", "tiny", [*TINY, "train.max_steps=2", f"output_dir={tmp_path / 'pre'}"])
+    train(pre, show_progress=False)
+    cfg = prepare("retrieval", str(tmp_path / "pre"),
+                  [*TASK_TINY, f"output_dir={tmp_path / 'ret'}", "task.source=files", "train.max_steps=2",
+                   f"task.train_files=[{train_json}]", f"task.test_files=[{test_json}]",
+                   f"task.train_image_root={tmp_path / 'files'}", f"task.test_image_root={tmp_path / 'files'}"])
+    assert [o.name for o in cfg.objectives] == ["itc", "itm"] and cfg.data.source == "json"
+    _, rows = finetune_and_evaluate(cfg, show_progress=False)
+    assert {"fine-tuned · itc", "zero-shot (start) · itc"} <= set(rows)
