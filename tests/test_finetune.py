@@ -237,3 +237,24 @@ def test_retrieval_finetunes_on_karpathy_files_and_shows_the_zero_shot_start(tmp
     assert [o.name for o in cfg.objectives] == ["itc", "itm"] and cfg.data.source == "json"
     _, rows = finetune_and_evaluate(cfg, show_progress=False)
     assert {"fine-tuned · itc", "zero-shot (start) · itc"} <= set(rows)
+
+
+def test_vqa_on_two_gloo_processes_matches_one_process(tmp_path):
+    """torchrun DDP: the same global batch over 2 ranks gives the losses of 1 process (first 3 steps)."""
+    import os
+    import subprocess
+    import sys
+
+    common = [*TASK_TINY, "train.max_steps=3", "train.threads=1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cli = ["-m", "maskvlp.cli", "finetune", "vqa", "--from", "none", "--size", "tiny", "--no-evaluate", *common]
+    one = subprocess.run([sys.executable, *cli, f"output_dir={tmp_path / 'one'}"], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *cli,
+                          f"output_dir={tmp_path / 'two'}"], env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert sorted(a) == sorted(b) == [1, 2, 3]
+    for step in a:
+        assert abs(a[step] - b[step]) < 1e-4 * max(1.0, abs(a[step])), (step, a[step], b[step])

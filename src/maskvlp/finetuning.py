@@ -116,10 +116,10 @@ def load_task_module(path: str | Path) -> tuple[torch.nn.Module, RunConfig]:
 
 def _columns(task: str, results: dict[str, dict[str, float]]) -> tuple[str, ...]:
     if task == "nlvr2":
-        return ("accuracy", "consistency", "n")
+        return ("accuracy", "consistency", "heldout", "n")
     qtypes = sorted({k for row in results.values() for k in row if k.startswith("qtype/")})
     shown = qtypes if len(qtypes) <= MAX_QUESTION_TYPE_COLUMNS else []
-    return ("overall", *VQA_TYPES, *shown, "n")
+    return ("overall", *VQA_TYPES, *shown, "heldout", "n")
 
 
 def evaluate_task_checkpoint(path: str | Path, overrides: list[str], output_dir: str | None = None,
