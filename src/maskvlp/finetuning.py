@@ -23,7 +23,7 @@ from maskvlp.pipeline import evaluate_modules, load_pretrainer
 from maskvlp.tasks import nlvr2, vqa
 from maskvlp.tasks.modules import Nlvr2Module, VqaModule
 from maskvlp.tasks.start import (
-    NONE, finetune_config, slow_rule, start_module, starts_from_checkpoint,
+    NONE, finetune_config, start_module, starts_from_checkpoint, task_optimizer,
 )
 
 VQA_TYPES = ("type/yes/no", "type/number", "type/other")
@@ -46,16 +46,12 @@ def prepare(task: str, source: str, overrides: list[str], size: str | None = Non
 def _retrieval_job(cfg: RunConfig) -> Job:
     from dataclasses import replace
 
-    from maskvlp.engine.optim import make_optimizer
     from maskvlp.engine.pretrainer import Pretrainer
 
     def build(cfg: RunConfig, specials, start: bool) -> Pretrainer:
         return start_module(lambda unimodal: Pretrainer(cfg, specials, load_pretrained=unimodal), cfg, start)
 
-    def optimizer(module: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
-        return make_optimizer(module, module.model, cfg.train, slow_rule(cfg))
-
-    return replace(PRETRAINING, build_module=build, build_optimizer=optimizer, describe="retrieval fine-tuning")
+    return replace(PRETRAINING, build_module=build, build_optimizer=task_optimizer)
 
 
 def _job_for(cfg: RunConfig, show_progress: bool) -> tuple[Job, list[str]]:

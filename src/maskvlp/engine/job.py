@@ -39,4 +39,3 @@ class Job:
     build_optimizer: Callable[[nn.Module, RunConfig], torch.optim.Optimizer]
     collate: Callable[..., dict]
     to_batch: Callable[[dict, torch.device, int, int], Any]
-    describe: str = "pre-training"  # what the progress line and checkpoint meta call the run

@@ -13,11 +13,10 @@ from maskvlp.data.tasks.examples import Nlvr2Example
 from maskvlp.data.tasks.nlvr2_files import read_nlvr2
 from maskvlp.data.tokenizer import Tokenizer
 from maskvlp.engine.job import Job
-from maskvlp.engine.optim import make_optimizer
 from maskvlp.eval.nlvr2_metric import nlvr2_report
 from maskvlp.tasks.common import SYNTHETIC_TEST_SPLITS, EvalSet, batched, inference, load_rows, rendered_split, world_for
 from maskvlp.tasks.modules import Nlvr2Module
-from maskvlp.tasks.start import slow_rule, start_module
+from maskvlp.tasks.start import start_module, task_optimizer
 
 
 def training_set(cfg: RunConfig, show_progress: bool = False) -> Nlvr2TrainSet:
@@ -54,10 +53,7 @@ def job(cfg: RunConfig, train_set: Nlvr2TrainSet) -> Job:
     def build(cfg: RunConfig, specials: TextSpecials, start: bool) -> Nlvr2Module:
         return start_module(lambda unimodal: Nlvr2Module(cfg, specials, load_unimodal=unimodal), cfg, start)
 
-    def optimizer(module: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
-        return make_optimizer(module, module.model, cfg.train, slow_rule(cfg))
-
-    return Job(lambda cfg: train_set, build, optimizer, collate_nlvr2, nlvr2_batch, describe="NLVR2 fine-tuning")
+    return Job(lambda cfg: train_set, build, task_optimizer, collate_nlvr2, nlvr2_batch)
 
 
 @torch.no_grad()

@@ -145,3 +145,10 @@ def start_module(make: Callable[[bool], nn.Module], cfg: RunConfig, start: bool)
         loaded, fresh = load_start_weights(module, cfg)
         print_line(f"start: {len(loaded)} tensors copied from {cfg.task.init_from}; fresh: {fresh_summary(fresh)}")
     return module
+
+
+def task_optimizer(module: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
+    """AdamW over a task run's module: copied weights at ``train.text_lr``, the rest at ``train.lr`` (:func:`slow_rule`)."""
+    from maskvlp.engine.optim import make_optimizer
+
+    return make_optimizer(module, module.model, cfg.train, slow_rule(cfg))

@@ -14,11 +14,10 @@ from maskvlp.data.tasks.examples import VqaExample
 from maskvlp.data.tasks.vqa_files import build_answer_vocab, read_vqa, soft_targets
 from maskvlp.data.tokenizer import Tokenizer
 from maskvlp.engine.job import Job
-from maskvlp.engine.optim import make_optimizer
 from maskvlp.eval.vqa_metric import vqa_report
 from maskvlp.tasks.common import SYNTHETIC_TEST_SPLITS, EvalSet, batched, inference, load_rows, rendered_split, world_for
 from maskvlp.tasks.modules import VqaModule
-from maskvlp.tasks.start import slow_rule, start_module
+from maskvlp.tasks.start import start_module, task_optimizer
 
 
 def training_examples(cfg: RunConfig, show_progress: bool = False) -> tuple[list[VqaExample], TaskImages]:
@@ -70,11 +69,8 @@ def job(cfg: RunConfig, train_set: VqaTrainSet) -> Job:
     def build(cfg: RunConfig, specials: TextSpecials, start: bool) -> VqaModule:
         return start_module(lambda unimodal: VqaModule(cfg, specials, load_unimodal=unimodal), cfg, start)
 
-    def optimizer(module: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
-        return make_optimizer(module, module.model, cfg.train, slow_rule(cfg))
-
     collate = functools.partial(collate_vqa, num_answers=len(cfg.task.answers))
-    return Job(lambda cfg: train_set, build, optimizer, collate, vqa_batch, describe="VQA fine-tuning")
+    return Job(lambda cfg: train_set, build, task_optimizer, collate, vqa_batch)
 
 
 @torch.no_grad()
