@@ -159,19 +159,23 @@ class JsonEntry:
     repaired: int = 0  # how many captions held lone UTF-16 surrogates (now U+FFFD)
 
 
-def _read_json_list(file: str | Path) -> list:
+def load_json_file(file: str | Path) -> Any:
+    """A user's JSON file decoded, or a one-line DataFormatError naming the file."""
     path = Path(file)
     if not path.is_file():
         raise DataFormatError(f"{path}: file not found")
     try:
         with path.open("r", encoding="utf-8") as fh:
-            data = json.load(fh)
+            return json.load(fh)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataFormatError(f"{path}: not valid JSON ({err})") from None
+
+
+def _read_json_list(file: str | Path, entries: str = '{"image": ..., "caption": ...}') -> list:
+    """A JSON file that must hold a list of ``entries``."""
+    data = load_json_file(file)
     if not isinstance(data, list):
-        raise DataFormatError(
-            f"{path}: expected a JSON list of {{\"image\": ..., \"caption\": ...}} entries, got a {type(data).__name__}"
-        )
+        raise DataFormatError(f"{Path(file)}: expected a JSON list of {entries} entries, got a {type(data).__name__}")
     return data
 
 

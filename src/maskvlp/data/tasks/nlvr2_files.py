@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from maskvlp.data.datasets import DataFormatError
+from maskvlp.data.datasets import DataFormatError, _read_json_list
 from maskvlp.data.tasks.examples import Nlvr2Example
 
 
@@ -98,17 +98,7 @@ def read_albef_nlvr2(file: str | Path, image_root: str | Path) -> list[Nlvr2Exam
     to ``image_root``. The identifier is the entry's own when it has one, else ``<file stem>-<index>``.
     """
     path = Path(file)
-    if not path.is_file():
-        raise DataFormatError(f"{path}: file not found")
-    try:
-        with path.open("r", encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataFormatError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(data, list):
-        raise DataFormatError(
-            f"{path}: expected a JSON list of {{\"images\": [left, right], \"sentence\": ..., \"label\": ...}} entries"
-        )
+    data = _read_json_list(path, '{"images": [left, right], "sentence": ..., "label": ...}')
     examples: list[Nlvr2Example] = []
     for i, item in enumerate(data):
         if not isinstance(item, dict):

@@ -12,7 +12,6 @@ opened, so a missing image is kept and counted later by the dataset layer.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections import Counter
@@ -20,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from maskvlp.data.datasets import DataFormatError
+from maskvlp.data.datasets import DataFormatError, load_json_file
 from maskvlp.data.tasks.examples import VqaExample
 
 # --------------------------------------------------------------------------------------------
@@ -179,17 +178,6 @@ def soft_targets(answers: Sequence[str], vocab_index: dict[str, int]) -> dict[in
 # --------------------------------------------------------------------------------------------
 # Readers
 # --------------------------------------------------------------------------------------------
-def _load_json(file: str | Path) -> Any:
-    path = Path(file)
-    if not path.is_file():
-        raise DataFormatError(f"{path}: file not found")
-    try:
-        with path.open("r", encoding="utf-8") as fh:
-            return json.load(fh)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataFormatError(f"{path}: not valid JSON ({err})") from None
-
-
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -311,8 +299,8 @@ def read_vqa_v2(
     examples carry no answers."""
     qfile = Path(questions_json)
     afile = Path(annotations_json) if annotations_json is not None else None
-    adata = _load_json(afile) if afile is not None else None
-    return _official_examples(qfile, _load_json(qfile), afile, adata, image_root)
+    adata = load_json_file(afile) if afile is not None else None
+    return _official_examples(qfile, load_json_file(qfile), afile, adata, image_root)
 
 
 def _albef_examples(
@@ -358,7 +346,7 @@ def read_albef_vqa(
     a question_id (they get ``-(index + 1)``). ALBEF files have no answer or question types.
     """
     path = Path(json_file)
-    return _albef_examples(path, _load_json(path), image_root, vg_root)
+    return _albef_examples(path, load_json_file(path), image_root, vg_root)
 
 
 def read_vqa(files: Sequence[str | Path], image_root: str | Path) -> list[VqaExample]:
@@ -367,7 +355,7 @@ def read_vqa(files: Sequence[str | Path], image_root: str | Path) -> list[VqaExa
     (none: a test file, no answers); a list is ALBEF's layout."""
     if isinstance(files, (str, Path)):
         files = [files]
-    loaded = [(Path(f), _load_json(f)) for f in files]
+    loaded = [(Path(f), load_json_file(f)) for f in files]
     annotations: dict[str, tuple[Path, Any]] = {}
     for path, data in loaded:
         if isinstance(data, dict) and "annotations" in data and "questions" not in data:
