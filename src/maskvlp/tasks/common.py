@@ -68,3 +68,19 @@ def inference(module: torch.nn.Module, cfg: RunConfig) -> tuple[torch.device, co
     """The module's device and the autocast context training used (``train.precision``)."""
     device = next(module.parameters()).device
     return device, autocast(resolve_precision(cfg.train.precision, device), device)
+
+
+def evaluate_sets(sets: Sequence[EvalSet], predict: Callable[[EvalSet], tuple[dict, int]],
+                  key: Callable[[Any], Any], report: Callable[[dict, list], dict[str, float]], label: str,
+                  noun: str) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """One row per split: ``report`` over the examples that were predicted (``key`` names an example in the
+    predictions); a note for each split where unreadable images left ``noun`` unscored."""
+    rows: dict[str, dict[str, float]] = {}
+    notes: list[str] = []
+    for eval_set in sets:
+        predictions, skipped = predict(eval_set)
+        scored = [e for e in eval_set.examples if key(e) in predictions]
+        rows[f"{label} · {eval_set.name}"] = report(predictions, scored)
+        if skipped:
+            notes.append(f"{eval_set.name}: {skipped:,} of {len(eval_set.examples):,} {noun} skipped: unreadable image")
+    return rows, notes

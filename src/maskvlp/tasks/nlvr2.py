@@ -14,7 +14,9 @@ from maskvlp.data.tasks.nlvr2_files import read_nlvr2
 from maskvlp.data.tokenizer import Tokenizer
 from maskvlp.engine.job import Job
 from maskvlp.eval.nlvr2_metric import nlvr2_report
-from maskvlp.tasks.common import SYNTHETIC_TEST_SPLITS, EvalSet, batched, inference, load_rows, rendered_split, world_for
+from maskvlp.tasks.common import (
+    SYNTHETIC_TEST_SPLITS, EvalSet, batched, evaluate_sets, inference, load_rows, rendered_split, world_for,
+)
 from maskvlp.tasks.modules import Nlvr2Module
 from maskvlp.tasks.start import start_module, task_optimizer
 
@@ -86,12 +88,5 @@ def predict(module: Nlvr2Module, examples: Sequence[Nlvr2Example], images: TaskI
 
 def evaluate(module: Nlvr2Module, sets: Sequence[EvalSet], tokenizer: Tokenizer, cfg: RunConfig,
              label: str) -> tuple[dict[str, dict[str, float]], list[str]]:
-    rows: dict[str, dict[str, float]] = {}
-    notes: list[str] = []
-    for eval_set in sets:
-        predictions, skipped = predict(module, eval_set.examples, eval_set.images, tokenizer, cfg)
-        scored = [e for e in eval_set.examples if e.identifier in predictions]
-        rows[f"{label} · {eval_set.name}"] = nlvr2_report(predictions, scored)
-        if skipped:
-            notes.append(f"{eval_set.name}: {skipped:,} of {len(eval_set.examples):,} statements skipped: unreadable image")
-    return rows, notes
+    return evaluate_sets(sets, lambda s: predict(module, s.examples, s.images, tokenizer, cfg),
+                         lambda e: e.identifier, nlvr2_report, label, "statements")

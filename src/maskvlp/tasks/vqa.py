@@ -15,7 +15,9 @@ from maskvlp.data.tasks.vqa_files import build_answer_vocab, read_vqa, soft_targ
 from maskvlp.data.tokenizer import Tokenizer
 from maskvlp.engine.job import Job
 from maskvlp.eval.vqa_metric import vqa_report
-from maskvlp.tasks.common import SYNTHETIC_TEST_SPLITS, EvalSet, batched, inference, load_rows, rendered_split, world_for
+from maskvlp.tasks.common import (
+    SYNTHETIC_TEST_SPLITS, EvalSet, batched, evaluate_sets, inference, load_rows, rendered_split, world_for,
+)
 from maskvlp.tasks.modules import VqaModule
 from maskvlp.tasks.start import start_module, task_optimizer
 
@@ -98,12 +100,5 @@ def predict(module: VqaModule, examples: Sequence[VqaExample], images: TaskImage
 def evaluate(module: VqaModule, sets: Sequence[EvalSet], tokenizer: Tokenizer, cfg: RunConfig,
              label: str) -> tuple[dict[str, dict[str, float]], list[str]]:
     """VQA accuracy per split (overall, per answer type and question type); notes on what was skipped."""
-    rows: dict[str, dict[str, float]] = {}
-    notes: list[str] = []
-    for eval_set in sets:
-        predictions, skipped = predict(module, eval_set.examples, eval_set.images, tokenizer, cfg)
-        scored = [e for e in eval_set.examples if e.question_id in predictions]
-        rows[f"{label} · {eval_set.name}"] = vqa_report(predictions, scored)
-        if skipped:
-            notes.append(f"{eval_set.name}: {skipped:,} of {len(eval_set.examples):,} questions skipped: unreadable image")
-    return rows, notes
+    return evaluate_sets(sets, lambda s: predict(module, s.examples, s.images, tokenizer, cfg),
+                         lambda e: e.question_id, vqa_report, label, "questions")
