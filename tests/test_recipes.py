@@ -24,7 +24,8 @@ METHOD_RECIPES = ["mlim", "mamo", "simla", "scl", "semmim", "composite"]
 OWN_LOSS = {"mlim": "loss_mlim", "mamo": "loss_mamo", "simla": "loss_simla_mim", "scl": "loss_scl",
             "semmim": "loss_semmim", "composite": "loss_semmim"}
 # objectives that join late (start_step) run from step 0 in the 3-step runs below, so their loss is logged
-FROM_STEP_0 = {"scl": ["objectives.scl.start_step=0"], "composite": ["objectives.scl.start_step=0"]}
+FROM_STEP_0 = {"scl": ["objectives.scl.start_step=0"], "composite": ["objectives.scl.start_step=0"],
+               "mamo": ["objectives.mamo.start_step=0"]}
 
 
 @pytest.fixture(scope="module")

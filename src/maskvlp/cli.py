@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from maskvlp.config import ConfigError, load_config, recipe_names
+from maskvlp.config import ConfigError, load_config, recipe_base, recipe_names, resolved_recipe
 
 if TYPE_CHECKING:
     from maskvlp.data.check import DataCheckReport
@@ -201,12 +201,25 @@ def data_check(
 
 
 @app.command("recipes")
-def list_recipes() -> None:
-    """List the built-in recipes and their objectives."""
+def list_recipes(
+    show: Optional[str] = typer.Option(None, "--show", help="print this recipe (a name or a .yaml path) with its "
+                                       "base applied: the settings a run of it starts from"),
+) -> None:
+    """List the built-in recipes and their objectives, or print one resolved (``--show NAME``)."""
+    import yaml
+
+    if show is not None:
+        resolved = _run(resolved_recipe, show)
+        base = _run(recipe_base, show)
+        if base:
+            typer.echo(f"# {show}: {base} with {show}'s additions and changes applied")
+        typer.echo(yaml.safe_dump(resolved, sort_keys=False).rstrip())
+        return
     for name in recipe_names():
         cfg = load_config(name)
         objectives = " + ".join(f"{o.name}×{o.weight:g}" for o in cfg.objectives)
-        typer.echo(f"{name:10s} {objectives}")
+        base = recipe_base(name)
+        typer.echo(f"{name:10s} {objectives}" + (f"  (base: {base})" if base else ""))
 
 
 def main() -> None:

@@ -11,7 +11,8 @@ The lowest layer of the package: it imports nothing else from maskvlp. Every nam
 from maskvlp.config.checks import RANGES, check_objective_params, validate
 from maskvlp.config.errors import ConfigError
 from maskvlp.config.load import (
-    SECTIONS, apply_overrides, config_differences, from_yaml, load_config, recipe_names, to_yaml,
+    SECTIONS, apply_overrides, config_differences, from_yaml, load_config, recipe_base, recipe_names, resolved_recipe,
+    to_yaml,
 )
 from maskvlp.config.objective_params import (
     OBJECTIVE_NAMES, OBJECTIVE_PARAMS, TEXT_NEGATIVES, ITCParams, ITMParams, MAMOParams, MLIMParams, MLMParams,
@@ -32,5 +33,5 @@ __all__ = [
     "MLMParams", "ModelConfig", "ObjectiveConfig", "ObjectiveParams", "RunConfig", "SCLParams", "SemMIMParams",
     "SimlaMIMParams", "SimlaPSLParams", "TaskConfig", "TextConfig", "TrainConfig", "VisionConfig", "WorldConfig",
     "apply_overrides", "check_objective_params", "config_differences", "from_yaml", "load_config", "model_size",
-    "objective_params", "recipe_names", "to_yaml", "validate",
+    "objective_params", "recipe_base", "recipe_names", "resolved_recipe", "to_yaml", "validate",
 ]

@@ -25,16 +25,97 @@ def recipe_names() -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def _recipe_text(recipe: str) -> str:
+def _recipe_text(recipe: str, folder: Path | None = None) -> tuple[str, Path | None]:
+    """A recipe's YAML text and the folder its own ``base`` path is read from: a built-in name, or a .yaml
+    path (relative to ``folder``, the folder of the recipe file naming it as its base)."""
     path = Path(recipe)
     if path.suffix in (".yaml", ".yml"):
+        if folder is not None and not path.is_absolute():
+            path = folder / path
         if not path.is_file():
-            raise ConfigError(f"recipe file {recipe} does not exist")
-        return path.read_text()
+            raise ConfigError(f"recipe file {path} does not exist")
+        return path.read_text(), path.parent
     names = recipe_names()
     if recipe not in names:
         raise ConfigError(f"unknown recipe {recipe!r}; valid recipes: {', '.join(names)} (or a path to a .yaml file)")
-    return (resources.files("maskvlp") / "recipes" / f"{recipe}.yaml").read_text()
+    return (resources.files("maskvlp") / "recipes" / f"{recipe}.yaml").read_text(), None
+
+
+def _merge_mappings(base: dict, child: dict) -> dict:
+    """``child`` over ``base``, recursively for nested mappings (a child's list or scalar replaces the base's)."""
+    merged = dict(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge_mappings(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _inherit_objectives(recipe: str, base: list[dict], child: list[dict]) -> list[dict]:
+    """The base's objectives with the child's entries applied by name: an entry naming a base objective
+    changes only the fields it gives (``params`` merged key by key), ``remove: true`` drops it, and an
+    objective the base lacks is appended. Order: the base's, then the new ones."""
+    merged = [dict(o) for o in base]
+    names = [o["name"] for o in merged]
+    for entry in child:
+        entry = dict(entry)
+        name = entry["name"]
+        remove = entry.pop("remove", False)
+        if name not in names:
+            if remove:
+                raise ConfigError(f"recipe {recipe}: objectives entry {name!r} has remove: true, but its base has no "
+                                  f"such objective; the base has: {', '.join(names) or 'none'}")
+            merged.append(entry)
+            names.append(name)
+            continue
+        index = names.index(name)
+        if remove:
+            del merged[index], names[index]
+        else:
+            merged[index] = _merge_mappings(merged[index], entry)
+    return merged
+
+
+def resolved_recipe(recipe: str, _chain: tuple[str, ...] = (), _folder: Path | None = None) -> dict:
+    """A recipe's YAML mapping with its ``base`` chain applied: sections merge key by key over the base's,
+    objectives by name (:func:`_inherit_objectives`). A masked recipe can so say only what it adds to albef."""
+    import yaml
+
+    text, folder = _recipe_text(recipe, _folder)
+    try:
+        recipe_yaml = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"recipe {recipe} is not valid YAML: {err}") from None
+    _check_recipe_shape(recipe, recipe_yaml)
+    base_name = recipe_yaml.pop("base", None)
+    if base_name is None:
+        removed = [o["name"] for o in recipe_yaml.get("objectives", []) if "remove" in o]
+        if removed:
+            raise ConfigError(f"recipe {recipe}: objectives {', '.join(removed)} say remove, but the recipe names "
+                              "no base to remove them from (add e.g. base: albef)")
+        return recipe_yaml
+    if not isinstance(base_name, str) or not base_name:
+        raise ConfigError(f"recipe {recipe}: 'base' must name one recipe (e.g. base: albef), got {base_name!r}")
+    chain = (*_chain, recipe)
+    if base_name in chain:
+        raise ConfigError(f"recipe {recipe}: base chain loops: {' -> '.join((*chain, base_name))}")
+    base = resolved_recipe(base_name, chain, folder)
+    merged = _merge_mappings({k: v for k, v in base.items() if k != "objectives"},
+                             {k: v for k, v in recipe_yaml.items() if k != "objectives"})
+    merged["objectives"] = _inherit_objectives(recipe, base.get("objectives", []), recipe_yaml.get("objectives", []))
+    return merged
+
+
+def recipe_base(recipe: str) -> str | None:
+    """The base a recipe names (``base: albef``), or None."""
+    import yaml
+
+    try:
+        recipe_yaml = yaml.safe_load(_recipe_text(recipe)[0]) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"recipe {recipe} is not valid YAML: {err}") from None
+    return recipe_yaml.get("base") if isinstance(recipe_yaml, dict) else None
 
 
 def _parse_overrides(overrides: list[str]) -> list[str]:
@@ -114,13 +195,7 @@ def _check_recipe_shape(recipe: str, recipe_yaml: Any) -> None:
 
 def load_config(recipe: str = "albef", size: str | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Build the run config: schema defaults < model size < recipe YAML < ``key=value`` overrides."""
-    import yaml
-
-    try:
-        recipe_yaml = yaml.safe_load(_recipe_text(recipe)) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"recipe {recipe} is not valid YAML: {err}") from None
-    _check_recipe_shape(recipe, recipe_yaml)
+    recipe_yaml = resolved_recipe(recipe)
     overrides, objective_changes = _split_objective_overrides(overrides or [])
     _apply_objective_overrides(recipe_yaml, objective_changes)
     size = size or recipe_yaml.get("model", {}).get("size", "tiny")
