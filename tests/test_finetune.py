@@ -239,6 +239,26 @@ def test_retrieval_finetunes_on_karpathy_files_and_shows_the_zero_shot_start(tmp
     assert {"fine-tuned · itc", "zero-shot (start) · itc"} <= set(rows)
 
 
+def test_a_dual_encoder_start_finetunes_retrieval_with_its_own_itc_and_nothing_fused(tmp_path):
+    """From `clip` (no fusion encoder): retrieval trains the start's ITC alone and ranks by it; VQA says in one
+    line that it needs a fusion encoder, and takes a fresh one by override."""
+    from maskvlp.config import ConfigError, load_config
+
+    dual = [o for o in TASK_TINY if not o.startswith("model.fusion.depth=")]
+    pre = load_config("clip", "tiny", [*dual, "train.max_steps=2", f"output_dir={tmp_path / 'pre'}"])
+    train(pre, show_progress=False)
+    cfg = prepare("retrieval", str(tmp_path / "pre"), [*dual, f"output_dir={tmp_path / 'ret'}", "train.max_steps=2"])
+    assert cfg.objectives == pre.objectives and cfg.task.init_recipe == "clip"
+    _, rows = finetune_and_evaluate(cfg, show_progress=False)
+    assert {"fine-tuned · itc", "zero-shot (start) · itc"} <= set(rows)
+    assert not any("itm" in name for name in rows)
+    with pytest.raises(ConfigError, match="without a fusion encoder.*model.fusion.depth=2") as err:
+        prepare("vqa", str(tmp_path / "pre"), [*dual, f"output_dir={tmp_path / 'vqa'}"])
+    assert "\n" not in str(err.value)
+    fused = prepare("vqa", str(tmp_path / "pre"), [*dual, f"output_dir={tmp_path / 'vqa'}", "model.fusion.depth=2"])
+    assert fused.model.fusion.depth == 2 and fused.model.text.depth == pre.model.text.depth
+
+
 def test_vqa_on_two_gloo_processes_matches_one_process(tmp_path):
     """torchrun DDP: the same global batch over 2 ranks gives the losses of 1 process (first 3 steps)."""
     import os

@@ -54,10 +54,25 @@ def finetune_config(task: str, source: str, overrides: list[str], size: str | No
         cfg = apply_overrides(cfg, [o for o in overrides if o.startswith(INHERITED)])
         cfg.task.init_from, cfg.task.init_recipe, cfg.task.init_step = str(path), pre.recipe, ckpt.checkpoint_step(path)
         start_name = pre.recipe
+        if cfg.model.fusion.depth == 0:
+            _fit_to_dual_encoder(cfg, pre, path)
     if not named_output:
         blind = "-blind" if cfg.task.blind else ""
         cfg.output_dir = f"runs/{task}-from-{start_name}{blind}-{cfg.model.size}"
     return cfg
+
+
+def _fit_to_dual_encoder(cfg: RunConfig, pre: RunConfig, path: Path) -> None:
+    """A start without a fusion encoder (``clip``): retrieval fine-tunes it with its own contrastive
+    objective (CLIP is fine-tuned contrastively; there is no matching head to train or re-rank with); the
+    fused tasks need a fusion encoder, which the user adds fresh by override (METER's start from CLIP)."""
+    if cfg.task.name != "retrieval":
+        raise ConfigError(f"{path} is a {pre.recipe} run without a fusion encoder (model.fusion.depth=0); "
+                          f"{cfg.task.name} reads fused states: add a fresh one with model.fusion.depth=2")
+    cfg.objectives = [o for o in pre.objectives if o.name == "itc"]
+    if not cfg.objectives:
+        raise ConfigError(f"{path}: a {pre.recipe} run with neither a fusion encoder nor ITC; nothing to fine-tune "
+                          "retrieval with")
 
 
 def starts_from_checkpoint(cfg: RunConfig) -> bool:
