@@ -27,7 +27,10 @@ def retrieval_set_for(cfg: RunConfig, show_progress: bool = True):
     from maskvlp.data import retrieval_sets
 
     if cfg.eval.test_json:
-        return retrieval_sets.json_retrieval_set(cfg.eval.test_json, cfg.eval.image_root, cfg.model.vision.image_size)
+        return retrieval_sets.json_retrieval_set(cfg.eval.test_json, cfg.eval.image_root, cfg.model.vision.image_size,
+                                                 cfg.eval.probes_json or None)
+    if cfg.eval.probes_json:
+        raise ConfigError("eval.probes_json is read beside a test file: set eval.test_json=<Karpathy-style test file>")
     if cfg.data.source != "synthetic":
         raise ConfigError("evaluating a model trained on user data needs eval.test_json=<Karpathy-style test file>")
     from maskvlp.data.synthetic import SyntheticWorld
@@ -55,11 +58,16 @@ def evaluate_modules(models: dict[str, Pretrainer], cfg: RunConfig, out_dir: Pat
     notes = [f"{rset.num_images} images, {len(rset.texts)} captions ({cfg.eval.test_json or 'synthetic ' + cfg.eval.split})"]
     if rset.skipped_images:
         notes.append(f"{rset.skipped_images} unreadable or caption-less images skipped")
+    if cfg.eval.probes_json and rset.probes:
+        notes.append(f"binding probes: {len(rset.probes)} from {cfg.eval.probes_json}"
+                     + (f" ({rset.skipped_probes} skipped: image unreadable)" if rset.skipped_probes else ""))
     notes.extend(extra_notes or [])
     if rset.truth is not None:
         notes.append("sem_*: a hit is any image the caption is true of; ceiling_img_r1: the best COCO-protocol "
-                     "R@1 any model can reach (captions that fit several images); binding_*: true caption scored "
-                     "above its colour-swapped / relation-reversed twin (chance 50%)")
+                     "R@1 any model can reach (captions that fit several images)")
+    if rset.probes:
+        notes.append("binding_*: true caption scored above its colour-swapped / relation-reversed twin (chance 50%)"
+                     "; *_heldout: probes naming a held-out pair")
     json_path, md_path = write_report(results, out_dir, title, notes)
     if show_progress:
         print_table(results, title)

@@ -214,6 +214,8 @@ class EvalConfig:
     batch_size: int = 128
     test_json: str = ""  # Karpathy-style test file [{"image", "caption": [..]}] for user data
     image_root: str = ""
+    # binding probes for user data: [{"image", "true", "false", "kind", "heldout"?}], images under image_root
+    probes_json: str = ""
     compare_random_init: bool = True
 
 

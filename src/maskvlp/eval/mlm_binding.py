@@ -22,6 +22,25 @@ import torch.nn.functional as F
 from maskvlp.eval import metrics as M
 
 PROBE_KINDS = (("colour_swap", "binding_colour"), ("relation", "binding_relation"))
+HELDOUT_SUFFIX = "_heldout"  # a probe file's held-out probes (maskvlp.data.retrieval_sets.read_probe_file)
+
+
+def probe_key(kind: str) -> str:
+    """The metric a probe kind is reported under: ``binding_colour`` / ``binding_relation`` for the two kinds
+    every world has (``..._heldout`` for a probe file's held-out ones), ``binding_<kind>`` for any other."""
+    heldout = kind.endswith(HELDOUT_SUFFIX)
+    base = kind[: -len(HELDOUT_SUFFIX)] if heldout else kind
+    key = dict(PROBE_KINDS).get(base, f"binding_{base}")
+    return key + (HELDOUT_SUFFIX if heldout else "")
+
+
+def accuracy_by_kind(kinds: list[str], true_score: torch.Tensor, false_score: torch.Tensor) -> dict[str, float]:
+    """Binding accuracy (true above false, chance 50%) per reported key, in the order kinds first appear."""
+    out: dict[str, float] = {}
+    for key in dict.fromkeys(probe_key(k) for k in kinds):
+        sel = torch.as_tensor([probe_key(k) == key for k in kinds], dtype=torch.bool, device=true_score.device)
+        out[key] = M.binding_accuracy(true_score[sel], false_score[sel])
+    return out
 
 
 def masked_twins(true_ids: torch.Tensor, false_ids: torch.Tensor, true_mask: torch.Tensor, false_mask: torch.Tensor,
@@ -61,11 +80,6 @@ def mlm_binding(model, image_tokens: torch.Tensor, image_idx: torch.Tensor, true
         probe = sel_diff.nonzero()[:, 0] + start  # which probe (index into rows) each scored token belongs to
         true_score.index_add_(0, probe, logp.gather(1, true_ids[sel, :length][sel_diff][:, None]).squeeze(1).double())
         false_score.index_add_(0, probe, logp.gather(1, false_ids[sel, :length][sel_diff][:, None]).squeeze(1).double())
-    out: dict[str, float] = {}
-    kept_kinds = [kinds[int(r)] for r in rows]
-    for kind, key in PROBE_KINDS:
-        sel = torch.as_tensor([k == kind for k in kept_kinds], dtype=torch.bool, device=ids.device)
-        if sel.any():
-            out[key] = M.binding_accuracy(true_score[sel], false_score[sel])
+    out = accuracy_by_kind([kinds[int(r)] for r in rows], true_score, false_score)
     out["mlm_probes_skipped"] = float(len(kinds) - len(rows))
     return out

@@ -22,7 +22,7 @@ COLUMNS: tuple[str, ...] = (
     "txt_r1", "txt_r5", "txt_r10",
     "sem_img_r1", "sem_txt_r1",
     "ceiling_img_r1",
-    "binding_colour", "binding_relation",
+    "binding_colour", "binding_relation", "binding_colour_heldout", "binding_relation_heldout",
 )  # fmt: skip
 
 

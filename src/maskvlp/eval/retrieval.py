@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from maskvlp.config import EvalConfig
 from maskvlp.eval import metrics as M
-from maskvlp.eval.mlm_binding import PROBE_KINDS, mlm_binding
+from maskvlp.eval.mlm_binding import accuracy_by_kind, mlm_binding
 from maskvlp.eval.rerank import recall_from_two, rerank_both, rerank_both_cost
 from maskvlp.engine.logging import task_progress
 from maskvlp.models.vlp import Encoded, VLPModel
@@ -120,8 +120,10 @@ def evaluate_retrieval(model: VLPModel, tokenizer, rset, cfg: EvalConfig, max_le
     truth = torch.as_tensor(rset.truth, device=sim.device) if rset.truth is not None else None
     rows: dict[str, dict[str, float]] = {"itc": _metrics(sim, sim, txt2img, truth)}
     probes = _encode_probes(model, tokenizer, rset, max_len, cfg.batch_size)
+    probe_images = images if rset.probe_images is None or probes is None else encode_images(
+        model, rset.probe_image_batch, rset.num_probe_images, cfg.batch_size)
     if probes is not None:
-        rows["itc"].update(_binding(probes, lambda i, t: (images.embed[i] * probes.embed[t]).sum(-1)))
+        rows["itc"].update(_binding(probes, lambda i, t: (probe_images.embed[i] * probes.embed[t]).sum(-1)))
     if model.has_fusion and cfg.itm_k > 0:
         albef = cfg.itm_score == "albef"  # ALBEF: match logit + ITC cosine similarity; else log p(match)
         score = itm_scorer(model, images, texts, cfg.batch_size, "logit" if albef else "log_p")
@@ -132,9 +134,9 @@ def evaluate_retrieval(model: VLPModel, tokenizer, rset, cfg: EvalConfig, max_le
             i2t, t2i = rerank_both(sim, cfg.itm_k, score, RERANK_CHUNK, progress=advance, itc_weight=float(albef))
         rows[name] = _metrics(i2t, t2i, txt2img, truth)
         if probes is not None:
-            rows[name].update(_binding(probes, itm_scorer(model, images, probes, cfg.batch_size)))
+            rows[name].update(_binding(probes, itm_scorer(model, probe_images, probes, cfg.batch_size)))
     if probes is not None and model.mlm_head is not None:
-        rows["mlm"] = mlm_binding(model, images.tokens, probes.image_idx, *probes.twins(), probes.kinds,
+        rows["mlm"] = mlm_binding(model, probe_images.tokens, probes.image_idx, *probes.twins(), probes.kinds,
                                   tokenizer.mask_id, cfg.batch_size)
     model.train()
     return rows
@@ -176,9 +178,4 @@ def _binding(probes: _Probes, score: Callable[[torch.Tensor, torch.Tensor], torc
     true_idx = torch.arange(n, device=probes.embed.device)
     true_s = score(probes.image_idx, true_idx)
     false_s = score(probes.image_idx, true_idx + n)
-    out = {}
-    for kind, key in PROBE_KINDS:
-        sel = torch.as_tensor([k == kind for k in probes.kinds], device=true_s.device)
-        if sel.any():
-            out[key] = M.binding_accuracy(true_s[sel], false_s[sel])
-    return out
+    return accuracy_by_kind(probes.kinds, true_s, false_s)
