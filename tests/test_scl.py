@@ -21,8 +21,9 @@ from test_objectives import CAPTIONS, SPECIALS, TOKENIZER, _batch
 
 
 def _scl_only(tmp_path, *extra: str) -> tuple[Pretrainer, object]:
-    """A Pretrainer whose only objective is SCL (cross fusion)."""
-    cfg = tiny_config(tmp_path, "scl", *extra)
+    """A Pretrainer whose only objective is SCL; patch stem: the objective is under test, on noise images
+    (as calibrated before the recipe inherited albef's frozen EfficientNet stem)."""
+    cfg = tiny_config(tmp_path, "scl", "model.vision.stem=patch", *extra)
     cfg.objectives = [ObjectiveConfig("scl", 1.0, {})]
     torch.manual_seed(0)
     return Pretrainer(cfg, SPECIALS), cfg

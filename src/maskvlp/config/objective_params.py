@@ -29,6 +29,10 @@ REGRESSIONS = ("mse", "smooth_l1")  # mamo
 RECON_REGIONS = ("masked", "all")  # mlim
 RECON_REDUCTIONS = ("mean", "sum")  # mlim
 MIM_TARGETS = ("codes", "features")  # simla_mim
+# where an image-side masked objective's targets come from: the EMA teacher's ViT patch states (the papers'
+# momentum targets) | the frozen pretrained stem's patch features (issue "targets with semantics": a few hundred
+# steps leave the teacher's ViT near empty, while the stem is trained on ImageNet) [ours]
+TARGET_SOURCES = ("teacher", "stem")
 SIMLA_MASK_RATIO = 75 / 256  # 75 of the 16 x 16 patches [code: SIMLA configs/Pretrain.yaml]
 
 
@@ -119,6 +123,7 @@ class MAMOParams(ObjectiveParams):
     smooth_l1_beta: float = 1.0  # only for regression=smooth_l1 [ours]
     # 0 = an MLP predictor [notes: Table 10, depth barely matters]
     mim_decoder_blocks: int = param(0, rule=at_least(0))
+    mim_source: str = param("teacher", choices=TARGET_SOURCES)  # MIM's targets [paper: momentum features]
 
     CROSS = ((("mlm_weight", "mim_weight", "mrm_weight"), lambda *w: any(x > 0 for x in w), "must not all be 0"),)
 
@@ -178,6 +183,7 @@ class SimlaMIMParams(ObjectiveParams):
     min_block: Optional[int] = param(None, rule=at_least(1))  # None: maskvlp.masking.default_min_block
     # codes: a frozen random codebook in place of SIMLA's DALL-E codes | features: regression [ours]
     target: str = param("codes", choices=MIM_TARGETS)
+    source: str = param("teacher", choices=TARGET_SOURCES)  # the features coded or regressed [ours]
     codebook_size: int = param(8192, rule=at_least(2))  # [code: DALL-E's 8192 codes]
     codebook_seed: int = 0
     alpha: float = param(0.4, rule=within(0, 1))  # momentum distillation [paper eq. 7 + code]

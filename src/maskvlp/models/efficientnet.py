@@ -110,6 +110,11 @@ def lite0_blocks_for_stride(stride: int) -> list[tuple[int, int, int, int, int]]
     return blocks
 
 
+def trunk_channels(stride: int) -> int:
+    """Channels of the trunk's output at ``stride`` (what a masked objective regresses with target_source=stem)."""
+    return lite0_blocks_for_stride(stride)[-1][1]
+
+
 class EfficientNetLiteTrunk(nn.Module):
     """Stem convolution + the MBConv blocks of EfficientNet-Lite0 up to output ``stride``."""
 

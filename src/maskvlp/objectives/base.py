@@ -69,6 +69,21 @@ def require_image_states(name: str, model_cfg: ModelConfig, why: str) -> None:
                           f"states only; set model.fusion.mode to one of {', '.join(IMAGE_STATE_MODES)}")
 
 
+def target_width(name: str, model_cfg: ModelConfig, source: str) -> int:
+    """Width of an image-side target: the ViT's for ``teacher``; the frozen stem's channels for ``stem``,
+    refused at construction when the stem has no frozen pretrained part."""
+    if source == "teacher":
+        return model_cfg.vision.width
+    vision = model_cfg.vision
+    if vision.stem != "efficientnet_lite0" or vision.stem_trainable or vision.stem_init != "pretrained":
+        raise ConfigError(f"objective {name!r}: stem targets need a frozen pretrained stem (model.vision.stem="
+                          f"efficientnet_lite0, stem_init=pretrained, stem_trainable=false); this model has "
+                          f"stem={vision.stem}, stem_init={vision.stem_init}, stem_trainable={vision.stem_trainable}")
+    from maskvlp.models.efficientnet import trunk_channels
+
+    return trunk_channels(vision.patch_size)
+
+
 def register(cls: type[Objective]) -> type[Objective]:
     if cls.name not in OBJECTIVE_PARAMS:  # the config layer must know every objective a recipe may name
         raise TypeError(f"objective {cls.name!r} has no parameter class in maskvlp.config.OBJECTIVE_PARAMS")

@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from maskvlp.config import ConfigError
 from maskvlp.data.batch import Batch, TextSpecials
 from maskvlp.distributed import all_gather_nograd, local_slice
 from maskvlp.masking import MaskedText, bert_text_mask
@@ -87,6 +88,19 @@ class StepContext:
         """The frozen part of the image stem on the clean images, once per step for the student's and the
         teacher's clean passes (a frozen pretrained trunk: ~40% of the tiny ViT's forward); None without one."""
         return self.model.vision.frozen_stem_features(self.batch.images)
+
+    @cached_property
+    def stem_patches(self) -> torch.Tensor:
+        """(B, N, C) the frozen pretrained stem's features of each clean patch: image-side targets with
+        ImageNet semantics from the first step (``target_source=stem``), at no extra cost when the step's
+        clean passes computed them anyway."""
+        features = self.stem_features
+        if features is None:
+            raise ConfigError("a masked objective asks for stem targets (source=stem), but the image stem has no "
+                              "frozen pretrained part: use model.vision.stem=efficientnet_lite0 with "
+                              "stem_init=pretrained and stem_trainable=false")
+        b = self.batch.images.shape[0]
+        return features.flatten(2).transpose(1, 2).reshape(b, -1, features.shape[1])
 
     @cached_property
     def image(self) -> Encoded:

@@ -65,7 +65,7 @@ from maskvlp.masking import ImageMask, MaskedText, random_patch_mask
 from maskvlp.models.fusion import FusionOutput, fused_image_width
 from maskvlp.models.transformer import Block, init_weights
 from maskvlp.models.vlp import FUSION, MASK_TOKEN, MLM as MLM_HEAD, TEACHER, TEACHER_FUSION
-from maskvlp.objectives.base import Objective, ObjectiveOutput, register, require_image_states
+from maskvlp.objectives.base import Objective, ObjectiveOutput, register, require_image_states, target_width
 from maskvlp.objectives.context import StepContext
 from maskvlp.objectives.reads import Reads, TextMaskKey
 
@@ -189,6 +189,7 @@ class MAMO(Objective):
         self.mrm_weight: float = float(p.mrm_weight)
         self.regression: str = p.regression
         self.beta: float = float(p.smooth_l1_beta)
+        self.mim_source: str = p.mim_source
 
         dt, dv = model_cfg.text.width, model_cfg.vision.width
         df = fused_image_width(model_cfg.fusion.mode, dt, dv)  # fused image states (two_stream: vision width)
@@ -200,7 +201,7 @@ class MAMO(Objective):
             self.mask_embed = nn.Parameter(torch.zeros(1, 1, dv))
             nn.init.trunc_normal_(self.mask_embed, std=0.02, a=-0.04, b=0.04)  # as the ViT's mask token
         # heads exist only for the losses that are on, so every parameter gets a gradient (DDP)
-        self.mim_head = PredictorHead(df, dv, p.mim_decoder_blocks, heads, hidden,
+        self.mim_head = PredictorHead(df, target_width(self.name, model_cfg, p.mim_source), p.mim_decoder_blocks, heads, hidden,
                                       model_cfg.text.layer_norm_eps) if self.mim_weight > 0 else None
         # one MRM head per modality, each predicting its own stream's fused states
         self.mrm_head = PredictorHead(dt, dt) if self.mrm_weight > 0 else None
@@ -210,7 +211,7 @@ class MAMO(Objective):
         parts = {FUSION}
         if self.mlm_weight > 0:
             parts.add(MLM_HEAD)
-        if self.mim_weight > 0:
+        if self.mim_weight > 0 and self.mim_source == "teacher":
             parts.add(TEACHER)
         if self.mrm_weight > 0:
             parts.add(TEACHER_FUSION)
@@ -263,8 +264,8 @@ class MAMO(Objective):
             assert self.mim_head is not None
             states = self.mim_head.contextualise(fused.image) if len(self.mim_head.blocks) else fused.image
             mim_pred = self.mim_head(gather_positions(states, patch_idx)).flatten(0, 1)
-            teacher_patches = ctx.teacher_image.tokens[:, 1:]
-            mim_target = normalise_targets(gather_positions(teacher_patches, image_mask.mask_idx)).flatten(0, 1)
+            patches = ctx.teacher_image.tokens[:, 1:] if self.mim_source == "teacher" else ctx.stem_patches
+            mim_target = normalise_targets(gather_positions(patches, image_mask.mask_idx)).flatten(0, 1)
 
         mrm_pred = mrm_target = None
         if self.mrm_weight > 0:

@@ -92,7 +92,7 @@ from maskvlp.masking import ImageMask, attention_votes, block_patch_mask, keywor
 from maskvlp.models.fusion import FusionOutput, fused_image_width
 from maskvlp.models.transformer import init_weights
 from maskvlp.models.vlp import FUSION, MASK_TOKEN, TEACHER, TEACHER_FUSION
-from maskvlp.objectives.base import Objective, ObjectiveOutput, register, require_image_states
+from maskvlp.objectives.base import Objective, ObjectiveOutput, register, require_image_states, target_width
 from maskvlp.objectives.context import StepContext
 from maskvlp.objectives.reads import Reads
 
@@ -128,12 +128,13 @@ class SimlaMIM(Objective):
         self.ratio: float = float(p.ratio)
         self.min_block: int | None = p.min_block
         self.target: str = p.target
+        self.source: str = p.source
         self.alpha: float = float(p.alpha)
         self.alpha_ramp_steps: int = p.alpha_ramp_steps
         self.momentum: float = model_cfg.momentum
         self.mask_key = f"block-{self.ratio}" + ("" if self.min_block is None else f"-min{self.min_block}")
-        vision_width = model_cfg.vision.width
-        fused_width = fused_image_width(model_cfg.fusion.mode, model_cfg.text.width, vision_width)
+        vision_width = target_width(self.name, model_cfg, self.source)  # the coded or regressed features' width
+        fused_width = fused_image_width(model_cfg.fusion.mode, model_cfg.text.width, model_cfg.vision.width)
         if self.target == "codes":
             g = torch.Generator().manual_seed(p.codebook_seed)
             codes = F.normalize(torch.randn(p.codebook_size, vision_width, generator=g), dim=-1)
@@ -148,7 +149,9 @@ class SimlaMIM(Objective):
             self.head_ema = copy.deepcopy(self.head).requires_grad_(False)
 
     def reads(self) -> Reads:
-        return Reads(parts={FUSION, MASK_TOKEN, TEACHER} | ({TEACHER_FUSION} if self.alpha > 0 else set()))
+        # the teacher's ViT: for teacher targets, and for the momentum prediction (distillation, alpha > 0)
+        teacher = {TEACHER} if self.source == "teacher" or self.alpha > 0 else set()
+        return Reads(parts={FUSION, MASK_TOKEN} | teacher | ({TEACHER_FUSION} if self.alpha > 0 else set()))
 
     @torch.no_grad()
     def after_step(self) -> None:
@@ -204,7 +207,8 @@ class SimlaMIM(Objective):
         masked = ctx.masked_image(self.mask_key, "replace")  # [CLS] + all N patches, masked ones = mask token
         fused = model.fuse(ctx.text.tokens, ctx.batch.attention_mask, masked.tokens, need_text=False).image
         pred = self.head(gather_patches(fused[:, 1:], mask.mask_idx)).float()  # only the masked patches
-        target = self.targets(ctx.teacher_image.tokens[:, 1:], mask.mask_idx)
+        target = self.targets(ctx.teacher_image.tokens[:, 1:] if self.source == "teacher" else ctx.stem_patches,
+                              mask.mask_idx)
         alpha = ramped_alpha(self.alpha, ctx.step, self.alpha_ramp_steps) if self.head_ema is not None else 0.0
         soft = self.momentum_prediction(ctx, mask) if alpha > 0 else None
         metrics: dict[str, float] = {}
