@@ -200,6 +200,32 @@ def data_check(
     raise typer.Exit(0 if report.ok else 1)
 
 
+@data_app.command("make-world")
+def data_make_world(
+    out_dir: str = typer.Argument(..., help="folder for images/, train.json, test.json, heldout.json, probes, "
+                                            "world.json"),
+    seed: int = typer.Option(0, help="world seed: the same seed and sizes give byte-identical files"),
+    image_size: int = typer.Option(64, help="picture side in pixels (at least 16)"),
+    train_scenes: int = typer.Option(20000, help="train scenes (5 captions each)"),
+    test_scenes: int = typer.Option(1000, help="test scenes; the heldout split gets as many"),
+    heldout_pairs: int = typer.Option(3, help="colour-shape pairs kept out of train and test"),
+) -> None:
+    """Write the tabletop world, the second scene world, made independently of the embedded one."""
+    from maskvlp.data.tabletop import write_world
+
+    def progress(split: str, done: int, total: int) -> None:
+        typer.echo(f"{split}: {done}/{total} scenes", err=True)
+
+    try:
+        files = write_world(out_dir, seed=seed, image_size=image_size, train_scenes=train_scenes,
+                            test_scenes=test_scenes, heldout_pairs=heldout_pairs, progress=progress)
+    except ValueError as err:
+        typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(2) from None
+    for name, path in files.items():
+        typer.echo(f"{name:15s} {path}")
+
+
 @app.command("recipes")
 def list_recipes(
     show: Optional[str] = typer.Option(None, "--show", help="print this recipe (a name or a .yaml path) with its "
