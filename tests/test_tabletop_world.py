@@ -17,7 +17,8 @@ from maskvlp.data.tabletop.layout import Item, Scene
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "maskvlp" / "data" / "tabletop"
 SMALL = dict(seed=0, image_size=32, train_scenes=40, test_scenes=16, heldout_pairs=3)
-FILES = ("train.json", "test.json", "heldout.json", "probes_test.json", "probes_heldout.json", "world.json")
+FILES = ("train.json", "test.json", "heldout.json", "probes_test.json", "probes_heldout.json", "probes.json",
+         "world.json")
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +102,12 @@ def test_captions_and_probes_are_true_by_the_truth_function(world_dir):
 def test_probes_flag_heldout_pairs(world_dir):
     world = TabletopWorld(0, 32, 3)
     flags = [p["heldout"] for p in _load(world_dir / "probes_heldout.json")]
-    assert sum(flags) > len(flags) / 2  # every heldout scene holds a held-out pair, so most probes name one
+    assert sum(flags) > len(flags) / 3  # every heldout scene holds a held-out pair, so many probes name one
+    assert flags == [bool(p.true_claim.named_pairs() & set(world.heldout_pairs))
+                     for i in range(16) for p in world.probes(world.scene("heldout", i))]
+    assert not any(p["heldout"] for p in _load(world_dir / "probes_test.json"))
+    both = _load(world_dir / "probes.json")
+    assert both == _load(world_dir / "probes_test.json") + _load(world_dir / "probes_heldout.json")
     for i in range(16):
         for probe in world.probes(world.scene("test", i)):
             # test scenes hold no held-out pair, so only a swapped (false) text can name one

@@ -85,8 +85,11 @@ def write_world(out_dir: str | Path, *, seed: int = 0, image_size: int = 64, tra
     }
     files = {"train": out / "train.json", "test": out / "test.json", "heldout": out / "heldout.json",
              "probes_test": out / "probes_test.json", "probes_heldout": out / "probes_heldout.json",
-             "world": out / "world.json"}
+             "probes": out / "probes.json", "world": out / "world.json"}
+    # probes.json: both splits' probes in one file (the held-out ones marked), for one evaluation beside
+    # test.json that reports binding on seen and on held-out pairs (eval.probes_json)
     for name, data in (("train", pretrain), ("test", test), ("heldout", heldout), ("probes_test", probes_test),
-                       ("probes_heldout", probes_heldout), ("world", description)):
+                       ("probes_heldout", probes_heldout), ("probes", probes_test + probes_heldout),
+                       ("world", description)):
         atomic_write_bytes(files[name], _json(data))
     return {**files, "images": out / "images"}

@@ -34,8 +34,10 @@ class TabletopWorld:
         return write_probes(scene, self._rng(scene, PROBE_STREAM))
 
     def names_heldout(self, probe: Probe) -> bool:
-        """Whether the probe's true or false text names a held-out colour-shape pair."""
-        return bool(probe.named_pairs() & set(self.heldout_pairs))
+        """Whether the probe's true text names a held-out colour-shape pair: the picture shows a combination
+        never seen in training, so a model that learned which pairs exist (rather than which object has
+        which colour) scores the true text low. Only the false text naming one would reward that shortcut."""
+        return bool(probe.true_claim.named_pairs() & set(self.heldout_pairs))
 
     def render(self, scene: Scene) -> np.ndarray:
         return render_scene(scene, self.image_size, self.supersample)
