@@ -1,7 +1,7 @@
 """One markdown table of fine-tuning runs: task x start (pre-trained recipe, none, question only), mean and
 spread over seeds, read from each run folder's config.yaml and eval/results.json.
 
-    .venv/bin/python scripts/task_table.py runs/tasks
+    .venv/bin/python scripts/task_table.py runs/tasks [runs/table ...]
 """
 from __future__ import annotations
 
@@ -32,10 +32,10 @@ def start_of(cfg: dict) -> str:
     return f"{start} (question only)" if task.get("blind") else start
 
 
-def collect(root: Path) -> dict[tuple[str, str], dict[str, list[float]]]:
-    """{(start, column title): {"values": [...]}} over every finished run under ``root``."""
+def collect(*roots: Path) -> dict[tuple[str, str], dict[str, list[float]]]:
+    """{(start, column title): {"values": [...]}} over every finished run under the ``roots``."""
     cells: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for results in sorted(root.glob("*/eval/results.json")):
+    for results in sorted(r for root in roots for r in root.glob("*/eval/results.json")):
         run = results.parent.parent
         cfg = yaml.safe_load((run / "config.yaml").read_text())
         rows = json.loads(results.read_text())["results"]
@@ -70,4 +70,4 @@ def table(cells: dict) -> str:
 
 
 if __name__ == "__main__":
-    print(table(collect(Path(sys.argv[1] if len(sys.argv) > 1 else "runs/tasks"))))
+    print(table(collect(*(Path(a) for a in (sys.argv[1:] or ["runs/tasks"])))))

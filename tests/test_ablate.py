@@ -6,8 +6,8 @@ import json
 import pytest
 
 from conftest import TINY
-from maskvlp.ablate import parse_seeds, run_ablation, table_order
-from maskvlp.config import ConfigError, load_config
+from maskvlp.ablate import finetune_tasks, parse_seeds, run_ablation, table_order
+from maskvlp.config import ConfigError, load_config, to_yaml
 
 
 def test_seeds_are_a_count_or_a_list():
@@ -38,6 +38,12 @@ def test_ablation_table_spread_and_reuse(tmp_path):
     assert entry["steps"]["values"] == [2, 2]  # read back from each run's metrics.jsonl
     values = entry["binding_colour"]["values"]
     assert abs(entry["binding_colour"]["spread"] - (max(values) - min(values))) < 1e-9
+    mean = sum(values) / 2  # standard error of two values: sample sd / sqrt(2) = |a - b| / 2
+    assert entry["binding_colour"]["se"] == pytest.approx(abs(values[0] - values[1]) / 2) and entry["binding_colour"]["mean"] == pytest.approx(mean)
+    # step time, and its ratio to albef's (albef's own is 1)
+    assert entry["s_per_step"]["mean"] > 0 and entry["step_vs_albef"] == pytest.approx(1.0)
+    clip = summary["clip / scratch / itc"]
+    assert clip["step_vs_albef"] == pytest.approx(clip["s_per_step"]["mean"] / entry["s_per_step"]["mean"])
     table = (out / "ablation.md").read_text()
     assert "| albef | scratch | itm k=2 |" in table and " ± " in table
     assert (out / "ablation.png").stat().st_size > 1000
@@ -85,3 +91,33 @@ def test_interrupted_run_resumes_from_its_checkpoint_and_other_settings_are_refu
     with pytest.raises(ConfigError, match="other settings"):
         run_ablation(["clip"], ["scratch"], [0], 0, str(other), overrides, show_progress=False, steps=4)
     assert (other / "clip-scratch-s0" / "checkpoints").is_dir()
+
+
+def test_ablation_fine_tunes_tasks_from_every_run_and_tabulates_them(tmp_path):
+    """--tasks vqa: each fused run gets a VQA fine-tune in <run>/tasks/vqa (the run's seed), its figures in a
+    second table; clip (no fusion) is skipped; a second call reuses the fine-tunes."""
+    out = tmp_path / "ablate"
+    overrides = [*TINY, "train.max_steps=2", "eval.itm_k=2"]
+    task_overrides = ["task.questions_per_scene=3", "train.precision=fp32", "train.time_budget=0", "train.max_steps=2"]
+    summary = run_ablation(["albef"], ["scratch"], [0, 1], 0, str(out), overrides, show_progress=False,
+                           tasks=["vqa"], task_overrides=task_overrides)
+    tasks = summary["albef / scratch / tasks"]
+    assert tasks["seeds"] == 2 and len(tasks["VQA acc"]["values"]) == 2 and "VQA held-out pairs" in tasks
+    for seed in (0, 1):
+        saved = (out / f"albef-scratch-s{seed}" / "tasks" / "vqa" / "config.yaml").read_text()
+        assert f"seed: {seed}" in saved and "init_recipe: albef" in saved
+    table = (out / "ablation.md").read_text()
+    assert "Fine-tuned from each run" in table and "| albef | scratch | " in table.split("Fine-tuned")[1]
+    stamp = (out / "albef-scratch-s1" / "tasks" / "vqa" / "eval" / "results.json").stat().st_mtime_ns
+    again = run_ablation(["albef"], ["scratch"], [1], 0, str(out), overrides, show_progress=False,
+                         tasks=["vqa"], task_overrides=task_overrides)
+    assert (out / "albef-scratch-s1" / "tasks" / "vqa" / "eval" / "results.json").stat().st_mtime_ns == stamp
+    assert again["albef / scratch / tasks"] == tasks
+    # a dual encoder (no fusion encoder) has no fused task to fine-tune: skipped, nothing written
+    dual = tmp_path / "dual" / "clip-scratch-s0"
+    dual.mkdir(parents=True)
+    (dual / "config.yaml").write_text(to_yaml(load_config("clip", None, [*overrides, "model.fusion.depth=0"])))
+    finetune_tasks(dual, 0, ["vqa"], task_overrides, show_progress=False)
+    assert not (dual / "tasks").exists()
+    with pytest.raises(ConfigError, match="--tasks retrieval"):
+        run_ablation(["albef"], ["scratch"], [1], 0, str(out), overrides, show_progress=False, tasks=["retrieval"])

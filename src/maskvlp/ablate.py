@@ -18,7 +18,15 @@ from maskvlp.engine.checkpoint import list_checkpoints
 from maskvlp.files import atomic_write_text
 from maskvlp.engine.logging import console, read_metrics
 
-HEADLINE = ("img_r1", "txt_r1", "sem_img_r1", "ceiling_img_r1", "binding_colour", "binding_relation", "steps")
+HEADLINE = ("img_r1", "txt_r1", "sem_img_r1", "ceiling_img_r1", "binding_colour", "binding_relation",
+            "binding_colour_heldout", "binding_relation_heldout", "steps", "s_per_step")
+# fine-tuned tasks (``--tasks``): (task, results row suffix, metric, column title)
+TASK_COLUMNS = (
+    ("vqa", "test", "overall", "VQA acc"), ("vqa", "test", "qtype/colour", "VQA colour"),
+    ("vqa", "test", "qtype/relation", "VQA relation"), ("vqa", "heldout", "heldout", "VQA held-out pairs"),
+    ("nlvr2", "test", "accuracy", "NLVR2 acc"), ("nlvr2", "heldout", "heldout", "NLVR2 held-out pairs"),
+)
+ABLATION_TASKS = ("vqa", "nlvr2")
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -39,10 +47,13 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def _steps_trained(run_dir: Path) -> int | None:
-    """The last logged step of a run (its metrics.jsonl), for the table."""
+def _steps_trained(run_dir: Path) -> tuple[int, float | None] | None:
+    """(last logged step, training seconds per step) of a run, from its metrics.jsonl."""
     records = read_metrics(run_dir / "metrics.jsonl")
-    return int(records[-1]["step"]) if records else None
+    if not records:
+        return None
+    step, elapsed = int(records[-1]["step"]), records[-1].get("elapsed_s")
+    return step, (float(elapsed) / step if elapsed is not None and step > 0 else None)
 
 
 def check_same_settings(run_dir: Path, cfg: RunConfig, state: str) -> None:
@@ -73,10 +84,35 @@ def resume_point(run_dir: Path, cfg: RunConfig) -> str | None:
     return "latest"
 
 
+def finetune_tasks(run_dir: Path, seed: int, tasks: list[str], task_overrides: list[str], show_progress: bool) -> None:
+    """Fine-tune each task from the run's last checkpoint into ``run_dir/tasks/<task>`` (the task recipe's
+    settings, the run's seed, then ``task_overrides``); a task already evaluated there is reused."""
+    from maskvlp.finetuning import finetune_and_evaluate, prepare
+
+    if tasks and from_yaml((run_dir / "config.yaml").read_text()).model.fusion.depth == 0:
+        console.print(f"  {run_dir.name}: no fusion encoder, no fused task to fine-tune ({', '.join(tasks)})")
+        return
+    for task in tasks:
+        out = run_dir / "tasks" / task
+        if (out / "eval" / "results.json").is_file():
+            continue
+        cfg = prepare(task, str(run_dir), [f"train.seed={seed}", *task_overrides, f"output_dir={out}"])
+        resume = resume_point(out, cfg)
+        console.print(f"  {run_dir.name}: fine-tuning {task}" + (" (resuming)" if resume else ""))
+        finetune_and_evaluate(cfg, resume=resume, show_progress=show_progress)
+
+
 def run_ablation(recipes: list[str], inits: list[str], seeds: list[int], budget: float, output_dir: str,
-                 overrides: list[str], show_progress: bool = True, steps: int = 0) -> dict:
-    """Train and evaluate every (recipe, init, seed); ``budget`` seconds each, or ``steps`` when budget is 0."""
+                 overrides: list[str], show_progress: bool = True, steps: int = 0, tasks: list[str] | None = None,
+                 task_overrides: list[str] | None = None) -> dict:
+    """Train and evaluate every (recipe, init, seed); ``budget`` seconds each, or ``steps`` when budget is 0;
+    then fine-tune each of ``tasks`` from every run (:func:`finetune_tasks`)."""
     from maskvlp.pipeline import pretrain_and_evaluate
+
+    tasks = list(tasks or [])
+    for task in tasks:
+        if task not in ABLATION_TASKS:
+            raise ConfigError(f"--tasks {task}: the ablation fine-tunes {', '.join(ABLATION_TASKS)}")
 
     out = Path(output_dir)
     if steps > 0:
@@ -99,6 +135,7 @@ def run_ablation(recipes: list[str], inits: list[str], seeds: list[int], budget:
             again = " (resuming its latest checkpoint)" if resume else ""
             console.print(f"[{n}/{len(configs)}] {run_dir.name}: training for {length}{again}")
             pretrain_and_evaluate(cfg, resume=resume, show_progress=show_progress)
+        finetune_tasks(run_dir, seed, tasks, task_overrides or [], show_progress)
     runs, all_seeds = finished_runs(out, configs, budget, max_steps)
     summary = summarise(runs)
     md = markdown(summary, budget, all_seeds, steps or min(max_steps))
@@ -122,7 +159,17 @@ def _run_results(run_dir: Path) -> dict:
     trained = _steps_trained(run_dir)
     if trained is not None:
         for row in results.values():
-            row["steps"] = trained
+            row["steps"], row["s_per_step"] = trained
+    tasks: dict[str, float] = {}
+    for task, suffix, metric, title in TASK_COLUMNS:
+        file = run_dir / "tasks" / task / "eval" / "results.json"
+        if file.is_file():
+            rows = json.loads(file.read_text())["results"]
+            value = next((row.get(metric) for name, row in rows.items() if name.endswith(suffix)), None)
+            if value is not None:
+                tasks[title] = float(value)
+    if tasks:
+        results["trained · tasks"] = tasks
     return results
 
 
@@ -169,45 +216,79 @@ def finished_runs(out: Path, requested: list[tuple[str, str, int]], budget: floa
     return runs, sorted({seed for seeds in groups.values() for seed in seeds})
 
 
+def _stats(values: list[float]) -> dict:
+    """Mean, spread (max - min) and standard error of the mean (sample sd / sqrt(n); 0 for one value)."""
+    se = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
+    return {"mean": statistics.fmean(values), "spread": max(values) - min(values), "se": se, "values": values}
+
+
 def summarise(runs: dict[tuple[str, str], list[dict]]) -> dict:
-    """Per (recipe, init, scoring method): mean and spread (max - min) of each headline metric over seeds."""
+    """Per (recipe, init, scoring method or ``tasks``): mean, spread and standard error of each headline
+    metric over seeds, and each recipe's step time as a ratio to ``albef``'s with the same text init."""
     summary: dict[str, dict] = {}
     for (recipe, init), per_seed in runs.items():
         methods = sorted({row.split(" · ", 1)[1] for results in per_seed for row in results})
         for method in methods:
             rows = [res[f"trained · {method}"] for res in per_seed if f"trained · {method}" in res]
             entry = {"recipe": recipe, "init": init, "method": method, "seeds": len(rows)}
-            for key in HEADLINE:
+            keys = [title for *_, title in TASK_COLUMNS] if method == "tasks" else HEADLINE
+            for key in keys:
                 values = [r[key] for r in rows if r.get(key) is not None]
                 if values:
-                    entry[key] = {"mean": statistics.fmean(values), "spread": max(values) - min(values), "values": values}
+                    entry[key] = _stats(values)
             summary[f"{recipe} / {init} / {method}"] = entry
+    for entry in summary.values():
+        base = next((e for e in summary.values() if e["recipe"] == "albef" and e["init"] == entry["init"]
+                     and "s_per_step" in e), None)
+        if base is not None and "s_per_step" in entry:
+            entry["step_vs_albef"] = entry["s_per_step"]["mean"] / base["s_per_step"]["mean"]
     return summary
 
 
+def _cell(entry: dict, key: str) -> str:
+    if key not in entry:
+        return "-"
+    stat = entry[key]
+    if key == "steps":
+        return f"{stat['mean']:.0f}"
+    if key == "s_per_step":
+        ratio = entry.get("step_vs_albef")
+        return f"{stat['mean']:.2f}" + (f" ({ratio:.2f}x)" if ratio is not None else "")
+    return f"{stat['mean']:.1f} ± {stat['se']:.1f}" if entry["seeds"] > 1 else f"{stat['mean']:.1f}"
+
+
 def markdown(summary: dict, budget: float, seeds: list[int], steps: int = 0) -> str:
-    head = "| recipe | text init | scoring | " + " | ".join(HEADLINE) + " | seeds |"
     length = f"{budget:.0f} s of training" if budget > 0 else f"{steps} training steps"
-    lines = [f"Ablation: {length} per run, seeds {', '.join(map(str, seeds))}; "
-             "mean ± spread (max - min) over the seeds each row has.", "", head, "|" + "---|" * (4 + len(HEADLINE))]
-    for entry in summary.values():
-        cells = [(f"{entry[k]['mean']:.0f}" if k == "steps" else f"{entry[k]['mean']:.1f} ± {entry[k]['spread']:.1f}")
-                 if k in entry else "-" for k in HEADLINE]
-        lines.append(f"| {entry['recipe']} | {entry['init']} | {entry['method']} | " + " | ".join(cells)
-                     + f" | {entry['seeds']} |")
+    scoring = [e for e in summary.values() if e["method"] != "tasks"]
+    columns = [k for k in HEADLINE if any(k in e for e in scoring)]
+    lines = [f"Ablation: {length} per run, seeds {', '.join(map(str, seeds))}; mean ± standard error of the mean "
+             "over the seeds each row has; s_per_step: training seconds per step (its ratio to albef's).", "",
+             "| recipe | text init | scoring | " + " | ".join(columns) + " | seeds |",
+             "|" + "---|" * (4 + len(columns))]
+    for entry in scoring:
+        lines.append(f"| {entry['recipe']} | {entry['init']} | {entry['method']} | "
+                     + " | ".join(_cell(entry, k) for k in columns) + f" | {entry['seeds']} |")
+    tasks = [e for e in summary.values() if e["method"] == "tasks"]
+    if tasks:
+        titles = [t for *_, t in TASK_COLUMNS if any(t in e for e in tasks)]
+        lines += ["", "Fine-tuned from each run (docs/tasks.md):", "",
+                  "| recipe | text init | " + " | ".join(titles) + " | seeds |", "|" + "---|" * (3 + len(titles))]
+        for entry in tasks:
+            lines.append(f"| {entry['recipe']} | {entry['init']} | " + " | ".join(_cell(entry, t) for t in titles)
+                         + f" | {entry['seeds']} |")
     return "\n".join(lines) + "\n"
 
 
 def plot(summary: dict, path: Path) -> None:
     """Per scoring method, R@1 text->image (top row) and colour binding (bottom row) of every recipe,
-    one bar per text init, with half the seed spread as error bars: reading across a row compares
-    recipes, within a group compares inits."""
+    one bar per text init: reading across a row compares
+    recipes, within a group compares inits; error bars are standard errors over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    entries = list(summary.values())
+    entries = [e for e in summary.values() if e["method"] != "tasks"]
     recipes = list(dict.fromkeys(e["recipe"] for e in entries))
     inits = list(dict.fromkeys(e["init"] for e in entries))
     methods = list(dict.fromkeys(e["method"] for e in entries))
@@ -227,7 +308,7 @@ def plot(summary: dict, path: Path) -> None:
                 continue
             for n, (init, per_init) in enumerate(zip(inits, cells)):
                 xs = [x + (n - (len(inits) - 1) / 2) * width for x, c in enumerate(per_init) if c]
-                ax.bar(xs, [c["mean"] for c in per_init if c], width, yerr=[c["spread"] / 2 for c in per_init if c],
+                ax.bar(xs, [c["mean"] for c in per_init if c], width, yerr=[c["se"] for c in per_init if c],
                        capsize=2, color=colours[n % len(colours)], label=f"text {init}")
             if key == "binding_colour":
                 ax.axhline(50.0, color="red", ls=":", lw=1)
@@ -241,7 +322,7 @@ def plot(summary: dict, path: Path) -> None:
             ax.set_xticklabels(recipes, rotation=45, ha="right", fontsize=8)
             ax.set_title(f"{label}, by {method}", fontsize=9)
             ax.legend(fontsize=7, loc="upper right")
-    fig.text(0.005, 0.005, "dotted red: chance; dashed gray: the world's R@1 ceiling; error bars: half the spread over seeds",
+    fig.text(0.005, 0.005, "dotted red: chance; dashed gray: the world's R@1 ceiling; error bars: standard error over seeds",
              fontsize=7)
     fig.tight_layout(rect=(0, 0.02, 1, 1))
     tmp = path.with_name(f".{path.name}.tmp.png")

@@ -148,20 +148,25 @@ def evaluate_retrieval_cmd(
 def ablate(
     recipes: str = typer.Option("clip,albef", help="comma-separated recipe names"),
     inits: str = typer.Option("minilm,scratch", help="comma-separated text.init values"),
-    seeds: str = typer.Option("2", help="a count (2 -> seeds 0,1) or a comma list of training seeds (0,3)"),
-    budget: float = typer.Option(420.0, help="training wall-clock seconds per run (0: use --steps)"),
+    seeds: str = typer.Option("3", help="a count (3 -> seeds 0,1,2) or a comma list of training seeds (0,3)"),
+    budget: float = typer.Option(300.0, help="training wall-clock seconds per run (0: use --steps)"),
     steps: int = typer.Option(0, help="training steps per run instead of a wall-clock budget (with --budget 0)"),
+    tasks: str = typer.Option("", help="fine-tune these tasks from every run too (vqa,nlvr2), into <run>/tasks/"),
+    task_override: Optional[list[str]] = typer.Option(
+        None, help="key=value for every task fine-tune (repeatable), e.g. train.time_budget=0 train.max_steps=400"),
     output_dir: str = typer.Option("runs/ablate", help="where runs, the table and the plot go"),
     overrides: Optional[list[str]] = OVERRIDES,
 ) -> None:
-    """Train every recipe x text init x seed on the same data and budget; one table (mean ± spread) and a plot."""
+    """Train every recipe x text init x seed on the same data and budget; one table (mean ± standard error,
+    step time against albef's), the fine-tuned tasks' table with --tasks, and a plot."""
     from maskvlp.ablate import parse_seeds, run_ablation
 
     def go() -> None:
         if steps > 0 and budget > 0:
             raise ConfigError("give either --budget (seconds) or --steps with --budget 0, not both")
         run_ablation([r for r in recipes.split(",") if r], [i for i in inits.split(",") if i], parse_seeds(seeds),
-                     budget, output_dir, overrides or [], steps=steps)
+                     budget, output_dir, overrides or [], steps=steps, tasks=[t for t in tasks.split(",") if t],
+                     task_overrides=task_override or [])
 
     _run(go)
 
