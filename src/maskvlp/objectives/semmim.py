@@ -27,8 +27,8 @@ inferred [I] from the abstract and from DINO / iBOT, whose mechanism the abstrac
   centred and sharpened: ``CE(softmax((g_t - c) / tau_t), log_softmax(g_s / tau_s))``, tau_t 0.04,
   tau_s 0.1, centre momentum 0.9 (DINO defaults). No teacher-temperature warm-up (DINO's default
   warm-up goes 0.04 -> 0.04) and no frozen-last-layer epoch.
-* **Semantics-enhanced MIM** [I]: the masked image fused with the student text in ``cross`` (or
-  ``merged``) fusion; the fused image states at the masked patches go through a linear adapter
+* **Semantics-enhanced MIM** [I]: the masked image fused with the student text in a fusion that
+  returns image states (``two_stream`` in the recipe; ``cross`` or ``merged`` too); the fused image states at the masked patches go through a linear adapter
   from the fusion width to the ViT width (only when the widths differ; it has an EMA copy too) and
   then g. Targets: the EMA teacher's fused image states of the clean pair (``ctx.teacher_fused``,
   "patch encodings with text injected") at the same patches through the EMA adapter and EMA g,

@@ -9,8 +9,9 @@
 * Masked patches are *replaced* by the ViT's learned mask token (positions stay aligned) [code].
 * The masked image tokens are the queries and read the caption through cross-attention
   [paper + code]: SIMLA feeds the ViT output as ``inputs_embeds`` to its shared BERT, cross-attending
-  to the caption's word embeddings. We use the fusion encoder in ``cross`` mode and read its image
-  stream ``fuse(text, image).image[:, 1:]``; the text context is the unimodal text tower's output,
+  to the caption's word embeddings. We use the fusion encoder's image stream (``two_stream`` in the
+  recipe; ``cross`` also works), ``fuse(text, image).image[:, 1:]``; the text context is the unimodal
+  text tower's output (SIMLA's is the embedding layer's, the same at every layer: docs/methods.md),
   the same input the ITM/MLM passes give the fusion [ours: the nearest shared part, since our
   fusion is not one BERT with switchable modes]. The prediction head is one linear layer on the
   fused states at the masked positions only [code: ``mim_head = nn.Linear(768, 8192)``].
@@ -46,12 +47,10 @@
 ---------------------------------------------------------------
 * Keywords [code]: the momentum model's fusion of the caption and the image; last fusion layer; the
   self-attention row of the [CLS] query. SIMLA lets each of 12 heads vote for its top-4 positions
-  and keeps the 5 positions with most votes. ``ctx.teacher_fused.text_self_attention`` is already
-  averaged over heads, so per-head voting is not possible from it: we take the top ``k`` = 5
-  positions of the head-mean row (the paper's appendix describes this plain top-k, with k = 4)
-  [ours: the nearest available form]. If the fusion output ever carries the per-head [CLS] rows
-  as ``text_cls_attention_heads`` (B, heads, Lt), the code's vote scheme is used instead
-  (``per_head`` = 4 [code]). Special tokens and padding never become keywords [ours; SIMLA only
+  and keeps the 5 positions with most votes; the fusion returns the per-head [CLS] rows
+  (``text_cls_attention_heads``, B x heads x Lt), so the same vote is used (``per_head`` = 4 [code]);
+  from a head-mean row alone it falls back to the plain top ``k`` = 5 (the paper's appendix
+  describes a plain top-k, with k = 4). Special tokens and padding never become keywords [ours; SIMLA only
   zeroes [CLS]]. SIMLA's momentum pass reads the *online* ViT; ours is the one teacher fusion of
   the clean pair shared with the other objectives (teacher ViT) [ours].
 * Hard targets: a multi-hot vector over the vocabulary of the selected token ids [code].
