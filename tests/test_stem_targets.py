@@ -85,7 +85,8 @@ def test_mim_on_stem_targets_falls_on_a_fixed_batch(tmp_path):
     assert history[-1] < 0.8 * history[0], history[::5]
 
 
-@pytest.mark.parametrize("objective, params", [("mamo", "{mim_source: stem}"), ("simla_mim", "{source: stem}")])
+@pytest.mark.parametrize("objective, params", [("mamo", "{mim_source: stem}"), ("simla_mim", "{source: stem}"),
+                                               ("mlim", "{recon_target: stem}")])
 def test_a_model_without_a_frozen_pretrained_stem_is_refused_in_one_line(tmp_path, objective, params):
     with pytest.raises(ConfigError, match="stem targets need a frozen pretrained stem") as err:
         Pretrainer(tiny_config(tmp_path, _recipe(tmp_path, objective, params), "model.vision.stem=patch"), SPECIALS)
@@ -94,3 +95,27 @@ def test_a_model_without_a_frozen_pretrained_stem_is_refused_in_one_line(tmp_pat
 
 def test_teacher_remains_the_default_source():
     assert MAMOParams().mim_source == "teacher" and SimlaMIMParams().source == "teacher"
+
+
+def test_mlim_reconstructs_the_stems_features_of_the_masked_patches(tmp_path):
+    """recon_target=stem: the target is the stem's layer-normalised features on the patch grid, the region
+    the MAM-masked patches, and RECON falls on a fixed batch."""
+    module, batch = _setup(tmp_path, "mlim", "{recon_target: stem, recon_weight: 1.0}")
+    objective = module.objectives["mlim"]
+    out = objective.compute(StepContext(module.model, batch, 0, 0, SPECIALS))
+    with torch.no_grad():
+        features = module.model.vision.patch_embed.trunk_features(batch.images).float()  # (B, C, g, g)
+    expected = F.layer_norm(features.permute(0, 2, 3, 1), features.shape[1:2], eps=1e-6).permute(0, 3, 1, 2)
+    torch.testing.assert_close(out.target, expected, atol=1e-5, rtol=1e-5)
+    assert out.recon.shape == out.target.shape and out.recon.requires_grad and not out.target.requires_grad
+    g = features.shape[-1]
+    assert torch.equal(out.region.flatten(1), out.mask.image_masked.bool().reshape(len(features), g * g))
+    opt = torch.optim.AdamW(module.trainable_parameters(), lr=1e-3)
+    history = []
+    for _ in range(30):
+        opt.zero_grad()
+        loss, metrics = module(batch, step=0)
+        loss.backward()
+        opt.step()
+        history.append(metrics["mlim_recon"])
+    assert history[-1] < 0.8 * history[0], history[::5]

@@ -27,6 +27,7 @@ TEXT_NEGATIVES = ("none", "swap")
 IMAGE_MASKING = ("drop", "replace")  # mamo
 REGRESSIONS = ("mse", "smooth_l1")  # mamo
 RECON_REGIONS = ("masked", "all")  # mlim
+RECON_TARGETS = ("pixels", "stem")  # mlim: the image [paper], or the frozen stem's patch features [ours]
 RECON_REDUCTIONS = ("mean", "sum")  # mlim
 MIM_TARGETS = ("codes", "features")  # simla_mim
 # where an image-side masked objective's targets come from: the EMA teacher's ViT patch states (the papers'
@@ -141,6 +142,9 @@ class MLIMParams(ObjectiveParams):
     recon_reduction: str = param("mean", choices=RECON_REDUCTIONS)  # the paper: per-image SSE (sum) [ours: mean]
     recon_weight: float = 10.0  # ~ 1 / IMAGE_STD^2 for the mean reduction [ours]
     decoder_width: int = param(128, rule=at_least(1))  # [ours]
+    # stem: RECON in feature space, a linear head per patch regressing the frozen stem's layer-normalised
+    # features (unit variance, so recon_weight ~1 there; 10 is calibrated for pixels) [ours]
+    recon_target: str = param("pixels", choices=RECON_TARGETS)
 
 
 # ------------------------------------------------------------------------------------------------- SCL

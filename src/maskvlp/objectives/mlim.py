@@ -60,7 +60,7 @@ from maskvlp.data.transforms import IMAGE_MEAN, IMAGE_STD
 from maskvlp.distributed import mean_over_ranks_denominator
 from maskvlp.masking import MaskingMode, ModalityAwareMask, modality_aware_mask
 from maskvlp.models.vlp import FUSION, MASK_TOKEN, MLM as MLM_HEAD
-from maskvlp.objectives.base import Objective, ObjectiveOutput, register, require_image_states
+from maskvlp.objectives.base import Objective, ObjectiveOutput, register, require_image_states, target_width
 from maskvlp.objectives.context import StepContext
 from maskvlp.objectives.reads import Reads
 
@@ -167,9 +167,9 @@ class MLIMStep:
     mlm_positions: torch.Tensor  # (B, L) bool: text positions whose token the MLM head predicted
     mlm_logits: torch.Tensor  # (M, V) at those positions, row-major order
     mlm_labels: torch.Tensor  # (M,) original ids
-    recon: torch.Tensor  # (B, 3, H, W) decoder output in [0, 1]
-    target: torch.Tensor  # (B, 3, H, W) original pixels in [0, 1], no gradient
-    region: torch.Tensor  # (B, 1, H, W) bool: pixels RECON is computed over
+    recon: torch.Tensor  # (B, 3, H, W) decoder output in [0, 1]; stem target: (B, C, g, g) features
+    target: torch.Tensor  # (B, 3, H, W) original pixels in [0, 1], or the stem's (B, C, g, g); no gradient
+    region: torch.Tensor  # (B, 1, H, W) bool (or (B, 1, g, g) for the stem): what RECON is computed over
 
 
 # ------------------------------------------------------------------------------------ objective
@@ -200,7 +200,11 @@ class MLIM(Objective):
         self.recon_reduction: str = p.recon_reduction
         self.recon_weight: float = float(p.recon_weight)
         self.patch_size = model_cfg.vision.patch_size
-        self.decoder = PixelDecoder(model_cfg.text.width, self.patch_size, p.decoder_width)
+        self.recon_target: str = p.recon_target
+        if self.recon_target == "pixels":
+            self.decoder: nn.Module = PixelDecoder(model_cfg.text.width, self.patch_size, p.decoder_width)
+        else:  # one linear map per patch: what a patch's fused state says about its stem features
+            self.decoder = nn.Linear(model_cfg.text.width, target_width(self.name, model_cfg, "stem"))
         self.mask_key = "mam/" + "/".join(f"{m.image_ratio:g}-{m.text_ratio:g}-{m.probability:.6f}" for m in self.modes)
 
     def reads(self) -> Reads:
@@ -234,15 +238,30 @@ class MLIM(Objective):
         fused = model.fuse(text_tokens, att, image_tokens, need_image=True)
         positions = mam.text.masked
         logits = model.mlm_head(fused.text[positions])
-        recon = self.decoder(fused.image[:, 1:])
-        target = unnormalise(images)
+        if self.recon_target == "pixels":
+            recon, target, unit = self.decoder(fused.image[:, 1:]), unnormalise(images), self.patch_size
+        else:
+            recon, target, unit = self._feature_maps(ctx, fused.image[:, 1:]), self._feature_maps(ctx, None), 1
         if recon.shape != target.shape:
-            raise ValueError(f"decoder output {tuple(recon.shape)} does not match the image {tuple(target.shape)}")
+            raise ValueError(f"decoder output {tuple(recon.shape)} does not match the target {tuple(target.shape)}")
         if self.recon_region == "masked":
-            region = pixel_region(mam.image_masked, self.patch_size)
+            region = pixel_region(mam.image_masked, unit)
         else:
             region = torch.ones(target.shape[0], 1, *target.shape[2:], dtype=torch.bool, device=target.device)
         return MLIMStep(mam, positions, logits, mam.text.labels[positions], recon, target, region)
+
+    def _feature_maps(self, ctx: StepContext, states: torch.Tensor | None) -> torch.Tensor:
+        """(B, C, g, g): the head's prediction from fused patch states, or (``states`` None) the target, the
+        frozen stem's features of the clean patches, layer-normalised per patch, without gradient."""
+        if states is None:
+            with torch.no_grad():
+                x = ctx.stem_patches.float()
+                x = F.layer_norm(x, x.shape[-1:], eps=1e-6)
+        else:
+            x = self.decoder(states)
+        b, n, c = x.shape
+        g = math.isqrt(n)
+        return x.transpose(1, 2).reshape(b, c, g, g)
 
     def forward(self, ctx: StepContext) -> ObjectiveOutput:
         out = self.compute(ctx)
