@@ -1,7 +1,7 @@
 """One markdown table of fine-tuning runs: task x start (pre-trained recipe, none, question only), mean and
 spread over seeds, read from each run folder's config.yaml and eval/results.json.
 
-    .venv/bin/python scripts/task_table.py runs/tasks [runs/table ...]
+    .venv/bin/python scripts/task_table.py runs/tasks [runs/table ...] [--starts RUN_OR_FOLDER ...]
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def collect(*roots: Path) -> dict[tuple[str, str], dict[str, list[float]]]:
         cfg = yaml.safe_load((run / "config.yaml").read_text())
         rows = json.loads(results.read_text())["results"]
         for task, suffix, metric, title in COLUMNS:
-            if cfg["task"]["name"] != task:
+            if cfg.get("task", {}).get("name") != task:
                 continue
             for name, row in rows.items():
                 if not name.endswith(suffix):
@@ -69,5 +69,39 @@ def table(cells: dict) -> str:
     return "\n".join(lines)
 
 
+# the pre-trained starts' own zero-shot figures: (results row, metric, column title)
+PRETRAIN_COLUMNS = (
+    ("itc", "img_r1", "R@1 t->i (ITC)"), ("itm k=8", "img_r1", "R@1 t->i (ITM)"),
+    ("itm k=8", "binding_colour", "colour binding (ITM)"), ("itm k=8", "binding_relation", "relation binding (ITM)"),
+    ("mlm", "binding_colour", "colour binding (MLM)"),
+)
+
+
+def pretrain_table(runs: list[Path]) -> str:
+    """One row per pre-training run folder (or every pre-training run inside a folder given)."""
+    lines = ["| start | steps | " + " | ".join(t for *_, t in PRETRAIN_COLUMNS) + " |",
+             "|---|---:|" + "---:|" * len(PRETRAIN_COLUMNS)]
+    for root in runs:
+        found = [root / "eval" / "results.json"] if (root / "eval" / "results.json").is_file() else \
+            sorted(root.glob("*/eval/results.json"))
+        for results in found:
+            cfg = yaml.safe_load((results.parent.parent / "config.yaml").read_text())
+            if cfg.get("task", {}).get("name"):
+                continue
+            rows = {name.split(" · ", 1)[1]: row for name, row in json.loads(results.read_text())["results"].items()
+                    if name.startswith("trained")}
+            metrics = [json.loads(line) for line in (results.parent.parent / "metrics.jsonl").read_text().splitlines()
+                       if line.strip()]
+            cells = [f"{rows[r][m]:.1f}" if rows.get(r, {}).get(m) is not None else "-" for r, m, _ in PRETRAIN_COLUMNS]
+            name = f"{cfg['recipe']} (seed {cfg['train']['seed']})"
+            lines.append(f"| {name} | {metrics[-1]['step'] if metrics else '-'} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    print(table(collect(*(Path(a) for a in (sys.argv[1:] or ["runs/tasks"])))))
+    args = sys.argv[1:] or ["runs/tasks"]
+    split = args.index("--starts") if "--starts" in args else len(args)
+    print(table(collect(*(Path(a) for a in args[:split]))))
+    if args[split + 1:]:
+        print()
+        print(pretrain_table([Path(a) for a in args[split + 1:]]))
