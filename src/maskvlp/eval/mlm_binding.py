@@ -19,10 +19,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from maskvlp.data.retrieval_sets import HELDOUT_SUFFIX  # a probe file's held-out probes
 from maskvlp.eval import metrics as M
 
 PROBE_KINDS = (("colour_swap", "binding_colour"), ("relation", "binding_relation"))
-HELDOUT_SUFFIX = "_heldout"  # a probe file's held-out probes (maskvlp.data.retrieval_sets.read_probe_file)
 
 
 def probe_key(kind: str) -> str:
