@@ -113,6 +113,9 @@ def test_ablation_fine_tunes_tasks_from_every_run_and_tabulates_them(tmp_path):
                          tasks=["vqa"], task_overrides=task_overrides)
     assert (out / "albef-scratch-s1" / "tasks" / "vqa" / "eval" / "results.json").stat().st_mtime_ns == stamp
     assert again["albef / scratch / tasks"] == tasks
+    with pytest.raises(ConfigError, match="a finished run with other settings.*train.lr"):  # never silently reused
+        run_ablation(["albef"], ["scratch"], [1], 0, str(out), overrides, show_progress=False,
+                     tasks=["vqa"], task_overrides=[*task_overrides, "train.lr=5e-4"])
     # a dual encoder (no fusion encoder) has no fused task to fine-tune: skipped, nothing written
     dual = tmp_path / "dual" / "clip-scratch-s0"
     dual.mkdir(parents=True)

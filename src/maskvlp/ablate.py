@@ -56,7 +56,7 @@ def _steps_trained(run_dir: Path) -> tuple[int, float | None] | None:
     return step, (float(elapsed) / step if elapsed is not None and step > 0 else None)
 
 
-def check_same_settings(run_dir: Path, cfg: RunConfig, state: str) -> None:
+def check_same_settings(run_dir: Path, cfg: RunConfig, state: str, ignore: tuple[str, ...] = ()) -> None:
     """Refuse a run folder whose saved config differs from ``cfg``.
 
     Reusing or continuing a run made with other settings would put two settings in one row, and
@@ -68,7 +68,8 @@ def check_same_settings(run_dir: Path, cfg: RunConfig, state: str) -> None:
     saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():
         return
-    differ = {k: v for k, v in config_differences(from_yaml(saved_path.read_text()), cfg).items() if k != "output_dir"}
+    differ = {k: v for k, v in config_differences(from_yaml(saved_path.read_text()), cfg).items()
+              if k != "output_dir" and not k.startswith(ignore)}
     if differ:
         shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(differ.items())[:4])
         raise ConfigError(f"{run_dir} holds {state} run with other settings ({shown}); "
@@ -94,9 +95,11 @@ def finetune_tasks(run_dir: Path, seed: int, tasks: list[str], task_overrides: l
         return
     for task in tasks:
         out = run_dir / "tasks" / task
-        if (out / "eval" / "results.json").is_file():
-            continue
         cfg = prepare(task, str(run_dir), [f"train.seed={seed}", *task_overrides, f"output_dir={out}"])
+        if (out / "eval" / "results.json").is_file():
+            # never a fine-tune made with other settings as this one (the answer list is read from the data)
+            check_same_settings(out, cfg, "a finished", ignore=("task.answers",))
+            continue
         resume = resume_point(out, cfg)
         console.print(f"  {run_dir.name}: fine-tuning {task}" + (" (resuming)" if resume else ""))
         finetune_and_evaluate(cfg, resume=resume, show_progress=show_progress)
