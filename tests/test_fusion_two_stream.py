@@ -87,3 +87,29 @@ def test_target_only_streams_keep_no_graph_and_leave_the_trained_gradients_uncha
         expected = _grads(fusion, (full.text * weights).sum())
         got = _grads(fusion, (text_only.text * weights).sum())
         assert all(torch.equal(got[n], expected[n]) for n in expected), mode
+
+
+def test_a_fixed_image_context_is_read_at_every_layer_and_the_text_stream_does_not_run():
+    """image_context: every image-stream block reads the same given states (SIMLA's image queries over the
+    caption's embeddings), checked against the blocks run by hand; with need_text=False no text block runs."""
+    torch.manual_seed(0)
+    two = FusionEncoder("two_stream", 2, 32, 24, heads=4, intermediate=64).eval()
+    text, mask, image = _pair()
+    fixed = torch.randn(3, 5, 32, generator=torch.Generator().manual_seed(7))
+    calls = []
+    for blk in two.blocks:
+        blk.register_forward_hook(lambda *_: calls.append(1))
+    out = two(text, mask, image, need_text=False, image_context=fixed)
+    assert out.text is None and not calls
+    by_hand = image
+    for blk in two.image_blocks:
+        by_hand = blk(by_hand, context=fixed, context_mask=mask)
+    torch.testing.assert_close(out.image, by_hand, atol=1e-6, rtol=1e-6)
+    # with the text stream wanted too, the text output is the usual one and the image stream still reads `fixed`
+    both = two(text, mask, image, image_context=fixed)
+    torch.testing.assert_close(both.text, two(text, mask, image).text, atol=0, rtol=0)
+    torch.testing.assert_close(both.image, by_hand, atol=1e-6, rtol=1e-6)
+    import pytest
+
+    with pytest.raises(ValueError, match="two_stream"):
+        FusionEncoder("cross", 1, 32, 24, heads=4, intermediate=64)(text, mask, image, image_context=fixed)

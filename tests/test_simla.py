@@ -51,7 +51,9 @@ def test_block_mask_count_is_exact_and_only_masked_patches_are_predicted(tmp_pat
     assert mask.masked.shape == (8, 64)
     # the student head saw exactly the fused image states at the masked positions (not the teacher's: that
     # one ran the EMA head copy)
-    fused = module.model.fuse(ctx.text.tokens, batch.attention_mask, ctx.masked_image(obj.mask_key, "replace").tokens).image
+    embedded = module.model.text.embed(batch.input_ids)  # SIMLA's code: the queries read the caption's embeddings
+    fused = module.model.fuse(embedded, batch.attention_mask, ctx.masked_image(obj.mask_key, "replace").tokens,
+                              image_context=embedded).image
     expected = gather_patches(fused[:, 1:], mask.mask_idx)
     assert seen[0].shape == (8 * 19, cfg.model.text.width)
     assert torch.allclose(seen[0], expected.detach(), atol=1e-5)
@@ -90,6 +92,34 @@ def test_mim_targets_carry_no_gradient_and_the_teacher_gets_none(tmp_path):
     assert obj.head.weight.grad.abs().sum() > 0
     assert module.model.fusion.image_blocks[-1].norm2.weight.grad.abs().sum() > 0
     assert module.model.vision.blocks[0].attn.query.weight.grad.abs().sum() > 0
+
+
+def test_masked_patches_read_the_captions_embeddings_as_simlas_code_does(tmp_path):
+    """text_context=embeddings (the default, SIMLA's code): the image stream reads the embedding layer's output
+    of the caption, so the word embeddings get MIM's gradient and the text tower's blocks none; ``tower`` is
+    the text stream over the tower's output."""
+    cfg, module = _module(tmp_path, objectives=[ObjectiveConfig("simla_mim", 1.0, {"alpha": 0.0})])
+    obj = module.objectives["simla_mim"]
+    assert obj.text_context == "embeddings"
+    ctx = StepContext(module.model, _batch(cfg), 0, 0, SPECIALS)
+    obj.image_mask(ctx)  # the step's mask, which the masked image pass reads
+    masked = ctx.masked_image(obj.mask_key, "replace").tokens
+    embedded = module.model.text.embed(ctx.batch.input_ids)
+    expected = module.model.fuse(torch.zeros_like(embedded), ctx.batch.attention_mask, masked, need_text=False,
+                                 image_context=embedded).image
+    torch.testing.assert_close(obj.fuse_image(ctx, masked, teacher=False), expected)
+    module.zero_grad()
+    obj(ctx).loss.backward()
+    text = module.model.text
+    assert text.word_embeddings.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in text.blocks.parameters())
+    assert all(p.grad is None for p in module.model.fusion.blocks.parameters())  # the text stream never ran
+    tower_cfg, tower = _module(tmp_path, objectives=[ObjectiveConfig("simla_mim", 1.0, {"alpha": 0.0,
+                                                                                        "text_context": "tower"})])
+    tower_ctx = StepContext(tower.model, _batch(tower_cfg), 0, 0, SPECIALS)
+    tower_obj = tower.objectives["simla_mim"]
+    tower_obj(tower_ctx).loss.backward()
+    assert tower.model.text.blocks[0].attn.query.weight.grad.abs().sum() > 0
 
 
 def test_code_targets_use_many_codes_and_the_ema_head_follows_the_momentum_formula(tmp_path):

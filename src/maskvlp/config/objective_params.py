@@ -188,6 +188,10 @@ class SimlaMIMParams(ObjectiveParams):
     # codes: a frozen random codebook in place of SIMLA's DALL-E codes | features: regression [ours]
     target: str = param("codes", choices=MIM_TARGETS)
     source: str = param("teacher", choices=TARGET_SOURCES)  # the features coded or regressed [ours]
+    # what the masked patches read at every fusion layer: the caption's embedding-layer output, the same at
+    # every layer [code: SIMLA's image queries attend to BERT's word embeddings] | tower: the text tower's
+    # output through the text stream's layer inputs (before 2026-12-07) [ours]
+    text_context: str = param("embeddings", choices=("embeddings", "tower"))
     codebook_size: int = param(8192, rule=at_least(2))  # [code: DALL-E's 8192 codes]
     codebook_seed: int = 0
     alpha: float = param(0.4, rule=within(0, 1))  # momentum distillation [paper eq. 7 + code]

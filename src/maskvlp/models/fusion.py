@@ -107,7 +107,8 @@ class FusionEncoder(nn.Module):
 
     def forward(self, text: Tensor, text_mask: Tensor, image: Tensor, image_mask: Tensor | None = None,
                 return_attention: bool = False, need_image: bool = True, need_text: bool = True,
-                text_grad: bool = True, image_grad: bool = True, image_index: Tensor | None = None) -> FusionOutput:
+                text_grad: bool = True, image_grad: bool = True, image_index: Tensor | None = None,
+                image_context: Tensor | None = None) -> FusionOutput:
         """text_mask (B, Lt) 1/True = real token; image_mask (B, Li) or None = every image token is real.
 
         ``image_index`` (B,): text row r is paired with image row ``image_index[r]`` of ``image`` (C, Li, D)
@@ -124,7 +125,13 @@ class FusionEncoder(nn.Module):
         target: the blocks that only it depends on run without autograd, so their activations are not
         kept for backward (SCL's completion targets). Blocks the other stream reads keep their graph,
         so the gradient of everything that is trained is unchanged. ``merged`` cannot split its stream.
+        ``image_context`` (``two_stream`` only; B, Lt, text width, masked by ``text_mask``): one fixed text
+        context that every image-stream block reads instead of the text stream's layer inputs (SIMLA's
+        image queries read the caption's embedding-layer output at every layer); with ``need_text=False``
+        the text stream then does not run at all.
         """
+        if image_context is not None and self.mode != "two_stream":
+            raise ValueError(f"image_context is for the two_stream image stream; this fusion is {self.mode}")
         if not (need_text or need_image):
             raise ValueError("fusion asked for neither text nor image states")
         if image_index is not None:
@@ -134,6 +141,7 @@ class FusionEncoder(nn.Module):
                 image, image_index = image.index_select(0, image_index), None
         call = _FusionCall(self.mode, len(self.blocks) - 1, text_mask, image_mask, image_index, return_attention,
                            need_image, need_text, text_grad, image_grad)
+        call.image_context = image_context
         return getattr(self, f"_fuse_{self.mode}")(text, image, call)
 
     # ------------------------------------------------------------------ one method per mode
@@ -156,8 +164,14 @@ class FusionEncoder(nn.Module):
 
     def _fuse_two_stream(self, text: Tensor, image: Tensor, call: "_FusionCall") -> FusionOutput:
         """The text stream as ``text_to_image``; the image stream (when needed) cross-attends to the
-        text stream's input of the same layer."""
-        x, layer_inputs = self._text_stream(text, image, call)
+        text stream's input of the same layer, or to ``call.image_context`` at every layer."""
+        fixed = call.image_context
+        if fixed is not None and call.skip_last_text:
+            x, layer_inputs = None, [fixed] * len(self.blocks)  # no block of the text stream is read
+        else:
+            x, layer_inputs = self._text_stream(text, image, call)
+            if fixed is not None:
+                layer_inputs = [fixed] * len(layer_inputs)
         img = None
         if call.need_image:
             assert self.image_blocks is not None
@@ -223,6 +237,7 @@ class _FusionCall:
         self.text_block_grad = [grad and (text_grad or (image_stream and image_grad and i < last)) for i in range(last + 1)]
         self.image_block_grad = [grad and (image_grad or (mode == "cross" and text_grad and i < last))
                                  for i in range(last + 1)]
+        self.image_context: Tensor | None = None
         self.w_self: Tensor | None = None
         self.w_image: Tensor | None = None
         self.w_cls: Tensor | None = None

@@ -128,13 +128,14 @@ class VLPModel(nn.Module):
 
     def fuse(self, text_tokens, text_mask, image_tokens, image_mask=None, teacher: bool = False,
              return_attention: bool = False, need_image: bool = True, need_text: bool = True,
-             text_grad: bool = True, image_grad: bool = True, image_index: torch.Tensor | None = None) -> FusionOutput:
+             text_grad: bool = True, image_grad: bool = True, image_index: torch.Tensor | None = None,
+             image_context: torch.Tensor | None = None) -> FusionOutput:
         fusion = self.teacher["fusion"] if teacher else self.fusion
         if fusion is None:
             raise RuntimeError("this model was built without a fusion encoder (the recipe needs none)")
         return fusion(text_tokens, text_mask.bool(), image_tokens, image_mask, return_attention=return_attention,
                       need_image=need_image, need_text=need_text, text_grad=text_grad, image_grad=image_grad,
-                      image_index=image_index)
+                      image_index=image_index, image_context=image_context)
 
     def itm_logits(self, text_tokens, text_mask, image_tokens, image_index: torch.Tensor | None = None) -> torch.Tensor:
         """Match / no-match logits [B, 2] from the pooled fused text of each (text, image) pair; with

@@ -10,8 +10,10 @@
 * The masked image tokens are the queries and read the caption through cross-attention
   [paper + code]: SIMLA feeds the ViT output as ``inputs_embeds`` to its shared BERT, cross-attending
   to the caption's word embeddings. We use the fusion encoder's image stream (``two_stream`` in the
-  recipe; ``cross`` also works), ``fuse(text, image).image[:, 1:]``; the text context is the unimodal
-  text tower's output (SIMLA's is the embedding layer's, the same at every layer: docs/methods.md),
+  recipe; ``cross`` also works with ``text_context: tower``), ``fuse(text, image).image[:, 1:]``; the
+  text context is, as in SIMLA's code, the caption's embedding-layer output, read by every image
+  block (``text_context: embeddings``, the default; the text stream does not run); ``tower`` gives
+  the image blocks the text stream's layer inputs over the text tower's output instead,
   the same input the ITM/MLM passes give the fusion [ours: the nearest shared part, since our
   fusion is not one BERT with switchable modes]. The prediction head is one linear layer on the
   fused states at the masked positions only [code: ``mim_head = nn.Linear(768, 8192)``].
@@ -85,7 +87,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from maskvlp.config import ModelConfig, SimlaMIMParams, SimlaPSLParams
+from maskvlp.config import ConfigError, ModelConfig, SimlaMIMParams, SimlaPSLParams
 from maskvlp.distributed import all_gather_nograd, local_slice, mean_over_ranks_denominator
 from maskvlp.masking import ImageMask, attention_votes, block_patch_mask, keyword_token_mask, multi_hot
 from maskvlp.models.fusion import FusionOutput, fused_image_width
@@ -128,6 +130,11 @@ class SimlaMIM(Objective):
         self.min_block: int | None = p.min_block
         self.target: str = p.target
         self.source: str = p.source
+        self.text_context: str = p.text_context
+        if self.text_context == "embeddings" and model_cfg.fusion.mode != "two_stream":
+            raise ConfigError(f"objective 'simla_mim': text_context=embeddings gives the image stream of two_stream "
+                              f"fusion a fixed context; model.fusion.mode is {model_cfg.fusion.mode} (use two_stream, "
+                              "or text_context=tower)")
         self.alpha: float = float(p.alpha)
         self.alpha_ramp_steps: int = p.alpha_ramp_steps
         self.momentum: float = model_cfg.momentum
@@ -189,22 +196,33 @@ class SimlaMIM(Objective):
         z = (picked - mean) * torch.rsqrt(var + 1e-6)
         return (z @ self.codebook.T).argmax(-1)  # codebook rows are unit vectors: nearest by cosine
 
+    def fuse_image(self, ctx: StepContext, image: torch.Tensor, teacher: bool) -> torch.Tensor:
+        """The fusion's image states of ``image`` (B, 1 + N, Dv) reading the caption: its embedding-layer
+        output at every layer (``text_context: embeddings``, SIMLA's code) or the text stream's layer inputs
+        over the text tower's output (``tower``)."""
+        att = ctx.batch.attention_mask
+        if self.text_context == "tower":
+            text = ctx.teacher_text.tokens if teacher else ctx.text.tokens
+            return ctx.model.fuse(text, att, image, teacher=teacher, need_text=False).image
+        tower = ctx.model.teacher["text"] if teacher else ctx.model.text
+        embedded = tower.embed(ctx.batch.input_ids)
+        return ctx.model.fuse(embedded, att, image, teacher=teacher, need_text=False, image_context=embedded).image
+
     @torch.no_grad()
     def momentum_prediction(self, ctx: StepContext, mask: ImageMask) -> torch.Tensor:
         """The momentum model's prediction at the masked patches: code probabilities (B*M, K) or
         features (B*M, Dv). Teacher ViT on the same mask, teacher fusion, EMA head."""
         assert self.head_ema is not None
         image = ctx.teacher_masked_image(mask.masked).tokens
-        fused = ctx.teacher_fuse(ctx.teacher_text.tokens, ctx.batch.attention_mask, image, need_text=False).image
+        fused = self.fuse_image(ctx, image, teacher=True)
         out = self.head_ema(gather_patches(fused[:, 1:], mask.mask_idx)).float()
         return F.softmax(out, dim=-1) if self.target == "codes" else out
 
     # ------------------------------------------------------------------ loss
     def forward(self, ctx: StepContext) -> ObjectiveOutput:
-        model = ctx.model
         mask = self.image_mask(ctx)
         masked = ctx.masked_image(self.mask_key, "replace")  # [CLS] + all N patches, masked ones = mask token
-        fused = model.fuse(ctx.text.tokens, ctx.batch.attention_mask, masked.tokens, need_text=False).image
+        fused = self.fuse_image(ctx, masked.tokens, teacher=False)
         pred = self.head(gather_patches(fused[:, 1:], mask.mask_idx)).float()  # only the masked patches
         target = self.targets(ctx.teacher_image.tokens[:, 1:] if self.source == "teacher" else ctx.stem_patches,
                               mask.mask_idx)
