@@ -222,3 +222,22 @@ def test_cli_writes_the_files(tmp_path):
     assert bad.exit_code == 2
     tiny = CliRunner().invoke(app, ["data", "make-world", str(tmp_path / "tiny"), "--image-size", "8"])
     assert tiny.exit_code == 2 and not (tmp_path / "tiny").exists()
+
+
+def test_a_run_on_the_tabletop_files_reports_binding_on_seen_and_held_out_pairs(world_dir, tmp_path):
+    """What scripts/two_worlds.sh does, at tiny size: pre-train on the world's files as a user's data and
+    evaluate with its probe file; the report has colour and relation binding on seen and held-out pairs."""
+    from conftest import TINY
+    from maskvlp.config import load_config
+    from maskvlp.pipeline import pretrain_and_evaluate
+
+    cfg = load_config("albef", "tiny", [
+        *TINY, "train.max_steps=2", f"output_dir={tmp_path / 'run'}", "eval.compare_random_init=false",
+        "data.source=json", f"data.train_json=[{world_dir / 'train.json'}]", f"data.image_root={world_dir}",
+        "data.crop_scale_min=1.0", f"eval.test_json={world_dir / 'test.json'}", f"eval.image_root={world_dir}",
+        f"eval.probes_json={world_dir / 'probes.json'}"])
+    _, results = pretrain_and_evaluate(cfg, show_progress=False)
+    itm = next(row for name, row in results.items() if name.startswith("trained · itm"))
+    for key in ("binding_colour", "binding_relation", "binding_colour_heldout", "binding_relation_heldout"):
+        assert 0 <= itm[key] <= 100, key
+    assert results["trained · itc"]["img_r1"] >= 0
