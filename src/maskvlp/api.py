@@ -139,6 +139,37 @@ class LoadedModel:
         return torch.cat(scores).cpu()
 
 
+    def explain(self, images: Sequence[ImageLike], texts: Sequence[str], word: str | None = None,
+                layer: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where each image supports its text: Grad-CAM of the ITM match score on the fusion's cross-attention
+        (ALBEF's; :mod:`maskvlp.eval.gradcam`). Returns (maps [N, g, g] over the patch grid, each text's
+        match probability [N]); with ``word``, the map of that word's tokens instead of the whole text's."""
+        from maskvlp.eval.gradcam import itm_gradcam
+
+        _check_texts(texts)
+        _check_images(images, self.config.model.vision.image_size)
+        if len(images) != len(texts):
+            raise ValueError(f"{len(images)} images but {len(texts)} texts: explain() takes aligned pairs")
+        if not self.model.has_fusion:
+            raise ValueError(f"this {self.config.recipe} model has no fusion encoder: nothing to explain")
+        b = self.tokenizer.encode(list(texts), self.config.model.text.max_len)
+        ids, mask = b.input_ids.to(self.device), b.attention_mask.to(self.device)
+        cam = itm_gradcam(self.model, self.preprocess_images(images), ids, mask, layer)
+        if word is None:
+            return cam.text_map.cpu(), cam.match.cpu()
+        w = self.tokenizer.encode([word], self.config.model.text.max_len)
+        pieces = [int(t) for t, m in zip(w.input_ids[0], w.attention_mask[0])
+                  if m and int(t) not in self.tokenizer.special_ids]
+        if not pieces:
+            raise ValueError(f"word {word!r} has no token of its own")
+        maps = []
+        for i in range(len(texts)):
+            at = [j for j in range(ids.shape[1] - len(pieces) + 1) if ids[i, j:j + len(pieces)].tolist() == pieces]
+            if not at:
+                raise ValueError(f"text {i} ({texts[i]!r}) has no word {word!r}")
+            maps.append(cam.token_maps[i, at[0]:at[0] + len(pieces)].mean(0))
+        return torch.stack(maps).cpu(), cam.match.cpu()
+
     def _task(self, name: str, method: str) -> None:
         if self.config.task.name != name:
             kind = f"a fine-tuned {self.config.task.name}" if self.config.task.name else "a pre-trained"

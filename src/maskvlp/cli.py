@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import typer
@@ -140,6 +141,42 @@ def evaluate_retrieval_cmd(
             evaluate_task_checkpoint(checkpoint, overrides or [], output, task="retrieval")
         else:
             evaluate_checkpoint(checkpoint, overrides or [], output)
+
+    _run(go)
+
+
+@app.command()
+def explain(
+    checkpoint: str = typer.Option(..., help="a run or checkpoint folder with a fusion encoder"),
+    image: str = typer.Option(..., help="the picture"),
+    text: str = typer.Option(..., help="the text to look for in it"),
+    word: Optional[str] = typer.Option(None, help="map one word of the text instead of the whole text"),
+    layer: Optional[int] = typer.Option(None, help="fusion layer whose cross-attention is read (default: ALBEF's "
+                                                   "choice scaled to the depth)"),
+    out: str = typer.Option("explain.png", help="the PNG to write"),
+) -> None:
+    """Where the model finds the text in the image: Grad-CAM of the ITM score (ALBEF's) as a PNG."""
+
+    def go() -> None:
+        import numpy as np
+        from PIL import Image
+
+        import maskvlp
+        from maskvlp.data.transforms import resize_square
+        from maskvlp.eval.heatmap import save_explanation
+
+        if not Path(image).is_file():
+            raise FileNotFoundError(f"image {image} does not exist")
+        model = maskvlp.load(checkpoint)
+        try:
+            maps, match = model.explain([image], [text], word=word, layer=layer)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        with Image.open(image) as f:
+            picture = np.asarray(resize_square(f.convert("RGB"), 256))  # the square view the model sees, larger
+        title = f"{text!r}" + (f", word {word!r}" if word else "") + f": p(match) {float(match[0]):.2f}"
+        path = save_explanation(picture, maps[0], title, out)
+        typer.echo(f"{path}  p(match) {float(match[0]):.3f}")
 
     _run(go)
 

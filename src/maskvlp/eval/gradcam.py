@@ -1,0 +1,74 @@
+"""Grad-CAM of the ITM score on the fusion encoder's cross-attention: where in the image the model looks
+when it decides that a text matches (ALBEF's visualisation and its weakly-supervised grounding).
+
+As ALBEF's ``Grounding.py`` computes it [code]: the match logit of the ITM head is differentiated with
+respect to the cross-attention weights of one fusion layer (ALBEF: BERT layer 8, the 3rd of its 6
+fusion layers; here the same index, or the last layer of a shallower fusion); each weight times its
+positive gradient, averaged over the heads, gives one map per text token over the image patches (the
+image [CLS] left out); the text's map is the mean over its real tokens. A map is relative evidence, not a probability: its scale depends
+on the model and the text.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from maskvlp.models.vlp import VLPModel
+
+CAM_MODES = ("text_to_image", "two_stream")  # the text stream reads the image tokens directly
+
+
+@dataclass
+class GradCam:
+    """Maps over the patch grid: ``token_maps`` (B, Lt, g, g), zero at padding; ``text_map`` (B, g, g), the
+    mean over each text's real tokens; ``match`` (B,) the ITM probability that the text matches."""
+
+    token_maps: torch.Tensor
+    text_map: torch.Tensor
+    match: torch.Tensor
+
+
+def default_cam_layer(depth: int) -> int:
+    """ALBEF's layer (BERT layer 8: index 2 of its 6 fusion layers), or the last of a shallower fusion. On
+    the tiny 2-layer fusion the first layer's maps spread over the background and the last one's sit on
+    the named object (docs/tasks.md, "Looking at the evidence")."""
+    return min(2, depth - 1)
+
+
+def itm_gradcam(model: VLPModel, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                layer: int | None = None) -> GradCam:
+    """Grad-CAM of each (image, text) row; the model's parameters get no gradient."""
+    fusion = model.fusion
+    if fusion is None or model.itm_head is None:
+        raise ValueError("Grad-CAM needs a fusion encoder and an ITM head (a dual encoder has neither)")
+    if fusion.mode not in CAM_MODES:
+        raise ValueError(f"Grad-CAM reads the text stream's cross-attention ({', '.join(CAM_MODES)} fusion); "
+                         f"this model fuses with {fusion.mode}")
+    depth = len(fusion.blocks)
+    layer = default_cam_layer(depth) if layer is None else layer
+    if not 0 <= layer < depth:
+        raise ValueError(f"Grad-CAM layer {layer} is not a fusion layer (0..{depth - 1})")
+    was_training = model.training
+    model.eval()
+    mask = attention_mask.bool()
+    with torch.no_grad():
+        image_tokens = model.encode_image(images).tokens
+        text = model.encode_text(input_ids, attention_mask).tokens
+    with torch.enable_grad():
+        x, weights = text, None
+        for i, block in enumerate(fusion.blocks):
+            if i == layer:
+                x, weights = block(x, mask=mask, context=image_tokens, return_attention="cross")
+            else:
+                x = block(x, mask=mask, context=image_tokens)
+        logits = model.itm_head(model.pool_text(x, attention_mask)).float()
+        (grad,) = torch.autograd.grad(logits[:, 1].sum(), weights)
+    model.train(was_training)
+    cams = (weights.detach() * grad.clamp(min=0)).mean(1)[..., 1:]  # (B, Lt, N): heads averaged, no image [CLS]
+    cams = cams * mask[..., None]
+    g = model.vision.grid
+    token_maps = cams.reshape(*cams.shape[:2], -1, g, g).sum(2)  # frames of a clip add up (T = 1 for images)
+    text_map = token_maps.sum(1) / mask.sum(1).clamp(min=1)[:, None, None]
+    return GradCam(token_maps, text_map, F.softmax(logits.detach(), dim=-1)[:, 1])
