@@ -107,7 +107,7 @@ def test_masked_patches_read_the_captions_embeddings_as_simlas_code_does(tmp_pat
     embedded = module.model.text.embed(ctx.batch.input_ids)
     expected = module.model.fuse(torch.zeros_like(embedded), ctx.batch.attention_mask, masked, need_text=False,
                                  image_context=embedded).image
-    torch.testing.assert_close(obj.fuse_image(ctx, masked, teacher=False), expected)
+    torch.testing.assert_close(obj.fuse_image(ctx, masked, "student"), expected)
     module.zero_grad()
     obj(ctx).loss.backward()
     text = module.model.text

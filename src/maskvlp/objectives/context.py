@@ -319,6 +319,14 @@ class StepContext:
         with torch.no_grad():
             return self.model.fuse(text_tokens, text_mask, image_tokens, teacher=True, **kwargs)
 
+    def caption_embeddings(self, teacher: bool = False) -> torch.Tensor:
+        """(B, L, D) the captions' embedding-layer output (before any text block) of the student or, without
+        gradient, of the EMA teacher: SIMLA's image queries read it at every fusion layer."""
+        if not teacher:
+            return self.model.text.embed(self.batch.input_ids)
+        with torch.no_grad():
+            return self.model.teacher["text"].embed(self.batch.input_ids)
+
     def teacher_masked_image(self, masked: torch.Tensor) -> Encoded:
         """The EMA teacher's image pass with the patches marked in ``masked`` (B, N) replaced by its mask
         token, without gradient (SIMLA's momentum prediction). Not cached: one objective asks."""

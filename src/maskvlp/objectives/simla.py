@@ -196,17 +196,18 @@ class SimlaMIM(Objective):
         z = (picked - mean) * torch.rsqrt(var + 1e-6)
         return (z @ self.codebook.T).argmax(-1)  # codebook rows are unit vectors: nearest by cosine
 
-    def fuse_image(self, ctx: StepContext, image: torch.Tensor, teacher: bool) -> torch.Tensor:
+    def fuse_image(self, ctx: StepContext, image: torch.Tensor, side: str) -> torch.Tensor:
         """The fusion's image states of ``image`` (B, 1 + N, Dv) reading the caption: its embedding-layer
         output at every layer (``text_context: embeddings``, SIMLA's code) or the text stream's layer inputs
-        over the text tower's output (``tower``)."""
+        over the text tower's output (``tower``); ``side``: the student's or the momentum model's fusion."""
         att = ctx.batch.attention_mask
+        momentum = side == "momentum"
+        fuse = ctx.teacher_fuse if momentum else ctx.model.fuse
         if self.text_context == "tower":
-            text = ctx.teacher_text.tokens if teacher else ctx.text.tokens
-            return ctx.model.fuse(text, att, image, teacher=teacher, need_text=False).image
-        tower = ctx.model.teacher["text"] if teacher else ctx.model.text
-        embedded = tower.embed(ctx.batch.input_ids)
-        return ctx.model.fuse(embedded, att, image, teacher=teacher, need_text=False, image_context=embedded).image
+            text = ctx.teacher_text.tokens if momentum else ctx.text.tokens
+            return fuse(text, att, image, need_text=False).image
+        embedded = ctx.caption_embeddings(momentum)
+        return fuse(embedded, att, image, need_text=False, image_context=embedded).image
 
     @torch.no_grad()
     def momentum_prediction(self, ctx: StepContext, mask: ImageMask) -> torch.Tensor:
@@ -214,7 +215,7 @@ class SimlaMIM(Objective):
         features (B*M, Dv). Teacher ViT on the same mask, teacher fusion, EMA head."""
         assert self.head_ema is not None
         image = ctx.teacher_masked_image(mask.masked).tokens
-        fused = self.fuse_image(ctx, image, teacher=True)
+        fused = self.fuse_image(ctx, image, "momentum")
         out = self.head_ema(gather_patches(fused[:, 1:], mask.mask_idx)).float()
         return F.softmax(out, dim=-1) if self.target == "codes" else out
 
@@ -222,7 +223,7 @@ class SimlaMIM(Objective):
     def forward(self, ctx: StepContext) -> ObjectiveOutput:
         mask = self.image_mask(ctx)
         masked = ctx.masked_image(self.mask_key, "replace")  # [CLS] + all N patches, masked ones = mask token
-        fused = self.fuse_image(ctx, masked.tokens, teacher=False)
+        fused = self.fuse_image(ctx, masked.tokens, "student")
         pred = self.head(gather_patches(fused[:, 1:], mask.mask_idx)).float()  # only the masked patches
         target = self.targets(ctx.teacher_image.tokens[:, 1:] if self.source == "teacher" else ctx.stem_patches,
                               mask.mask_idx)
