@@ -103,6 +103,19 @@ def test_latest_is_the_source_of_truth_and_pruning_goes_by_step(tmp_path):
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-0000006", big.name]
 
 
+def test_the_next_checkpoint_removes_what_a_killed_write_left(tmp_path):
+    """A SIGKILL inside a checkpoint write or inside latest's atomic update leaves a temp folder or file; the
+    run's next checkpoint removes them (one process writes a run's checkpoints) and touches nothing else."""
+    model = torch.nn.Linear(2, 2)
+    ckpt.save_checkpoint(tmp_path, 1, model, {"x": 1}, "a: 1\n", {}, keep=0)
+    root = tmp_path / ckpt.CKPT_DIR
+    (root / "step-0000009.tmp").mkdir()
+    (root / "step-0000009.tmp" / "model.safetensors").write_bytes(b"half")
+    (root / ".latest.k1ll3d.tmp").write_text("step-00")
+    ckpt.save_checkpoint(tmp_path, 2, model, {"x": 1}, "a: 1\n", {}, keep=0)
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step-0000001", "step-0000002"]
+
+
 # --------------------------------------------------------------------------------------------
 # 3. Settings that would fail late fail first, in one line
 # --------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ def save_checkpoint(output_dir: Path, step: int, module: torch.nn.Module, state:
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:07d}"
     tmp = root / f"step-{step:07d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    _remove_stale_temps(root)
     try:
         tmp.mkdir()
         save_model(module, str(tmp / "model.safetensors"))
@@ -59,6 +59,16 @@ def save_checkpoint(output_dir: Path, step: int, module: torch.nn.Module, state:
     atomic_write_text(root / LATEST, final.name + "\n")
     _prune(output_dir, keep, final)
     return final
+
+
+def _remove_stale_temps(root: Path) -> None:
+    """Half-written files a killed run left behind: checkpoint folders (``step-*.tmp``) and the temp file of
+    an interrupted ``latest`` update (``.latest.*.tmp``). One process writes a run's checkpoints, so any
+    found here before it writes are dead; the complete checkpoints and ``latest`` are never touched."""
+    for stale in root.glob("step-*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for stale in root.glob(f".{LATEST}.*.tmp"):
+        stale.unlink(missing_ok=True)
 
 
 def _prune(output_dir: Path, keep: int, newest: Path) -> None:
