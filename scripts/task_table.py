@@ -23,6 +23,8 @@ COLUMNS = (
     ("nlvr2", "heldout", "heldout", "NLVR2 held-out pairs"),
     ("retrieval", "itm k=8", "img_r1", "R@1 t->i (ITM)"),
     ("retrieval", "itc", "img_r1", "R@1 t->i (ITC)"),
+    ("grounding", "test", "accuracy", "grounding acc"),
+    ("grounding", "heldout", "accuracy", "grounding held-out pairs"),
 )
 
 

@@ -77,7 +77,7 @@ def _refuse(message: str) -> None:
 
 @app.command()
 def finetune(
-    task: str = typer.Argument(..., help="retrieval | vqa | nlvr2"),
+    task: str = typer.Argument(..., help="retrieval | vqa | nlvr2 | grounding"),
     from_: str = typer.Option(..., "--from", help="the pre-trained run or checkpoint folder to start from, or 'none' "
                                                    "(no vision-language pre-training: the floor every table needs)"),
     size: Optional[str] = typer.Option(None, help="model size with --from none (tiny | small | base); a pre-trained "
@@ -120,6 +120,18 @@ def evaluate_nlvr2_cmd(
 ) -> None:
     """NLVR2 accuracy and consistency on the task's test splits."""
     _evaluate_task("nlvr2", checkpoint, output, overrides)
+
+
+@evaluate_app.command("grounding")
+def evaluate_grounding_cmd(
+    checkpoint: str = typer.Option(..., help="a fine-tuned grounding checkpoint, or a pre-trained one (its own "
+                                             "ITM maps, no fine-tuning)"),
+    output: Optional[str] = typer.Option(None, help="folder for results.json / results.md"),
+    overrides: Optional[list[str]] = OVERRIDES,
+) -> None:
+    """Weakly-supervised grounding: the candidate box where the ITM Grad-CAM map is densest, correct at
+    IoU >= 0.5 (ALBEF's RefCOCO+ protocol), beside the random, largest and centre-most box floors."""
+    _evaluate_task("grounding", checkpoint, output, overrides)
 
 
 @evaluate_app.command("retrieval")

@@ -20,13 +20,16 @@ from maskvlp.engine.logging import console, print_line
 from maskvlp.engine.trainer import PRETRAINING, TrainResult, text_specials, train
 from maskvlp.eval.report import print_table, write_report
 from maskvlp.pipeline import evaluate_modules, load_pretrainer
-from maskvlp.tasks import nlvr2, vqa
+from maskvlp.tasks import grounding, nlvr2, vqa
 from maskvlp.tasks.modules import Nlvr2Module, VqaModule
 from maskvlp.tasks.start import (
     NONE, finetune_config, start_module, starts_from_checkpoint, task_optimizer,
 )
 
 VQA_TYPES = ("type/yes/no", "type/number", "type/other")
+PRETRAINING_MODULE_TASKS = ("retrieval", "grounding")  # fine-tuned as pre-training's own module
+RUNNERS = {"vqa": vqa, "nlvr2": nlvr2, "grounding": grounding}
+GROUNDING_COLUMNS = ("accuracy", "random_box", "largest_box", "centre_box", "attributes", "relation", "confused", "n")
 MAX_QUESTION_TYPE_COLUMNS = 10  # the world has 8; VQA v2's 65 stay in results.json
 
 
@@ -68,6 +71,8 @@ def _job_for(cfg: RunConfig, show_progress: bool) -> tuple[Job, list[str]]:
         return vqa.job(cfg, train_set), notes
     if cfg.task.name == "nlvr2":
         return nlvr2.job(cfg, nlvr2.training_set(cfg, show_progress)), []
+    if cfg.task.name == "grounding":
+        return grounding.job(cfg, grounding.training_set(cfg, show_progress)), []
     return _retrieval_job(cfg), []
 
 
@@ -96,10 +101,11 @@ def finetune_and_evaluate(cfg: RunConfig, resume: str | None = None, evaluate: b
 
 
 def load_task_module(path: str | Path) -> tuple[torch.nn.Module, RunConfig]:
-    """A fine-tuned checkpoint's module (VQA, NLVR2, or retrieval's pre-training module) with its config."""
+    """A fine-tuned checkpoint's module (VQA, NLVR2, or the pre-training module retrieval and grounding
+    fine-tune) with its config."""
     path = ckpt.resolve_checkpoint(str(path))
     cfg = from_yaml(ckpt.read_config_yaml(path))
-    if cfg.task.name == "retrieval" or not cfg.task.name:
+    if cfg.task.name in PRETRAINING_MODULE_TASKS or not cfg.task.name:
         return load_pretrainer(path), cfg
     from maskvlp.data.tokenizer import load_tokenizer
 
@@ -113,6 +119,8 @@ def load_task_module(path: str | Path) -> tuple[torch.nn.Module, RunConfig]:
 def _columns(task: str, results: dict[str, dict[str, float]]) -> tuple[str, ...]:
     if task == "nlvr2":
         return ("accuracy", "consistency", "heldout", "n")
+    if task == "grounding":
+        return GROUNDING_COLUMNS
     qtypes = sorted({k for row in results.values() for k in row if k.startswith("qtype/")})
     shown = qtypes if len(qtypes) <= MAX_QUESTION_TYPE_COLUMNS else []
     return ("overall", *VQA_TYPES, *shown, "heldout", "n")
@@ -127,6 +135,9 @@ def evaluate_task_checkpoint(path: str | Path, overrides: list[str], output_dir:
 
     path = ckpt.resolve_checkpoint(str(path))
     module, saved = load_task_module(path)
+    zero_shot = task == "grounding" and not saved.task.name  # a pre-trained model's own ITM maps, not fine-tuned
+    if zero_shot:
+        saved.task.name = "grounding"
     if task is not None and saved.task.name != task:
         raise ConfigError(f"{path} is a {saved.task.name or 'pre-training'} checkpoint, not a {task} one")
     cfg = apply_overrides(saved, overrides)
@@ -142,13 +153,20 @@ def evaluate_task_checkpoint(path: str | Path, overrides: list[str], output_dir:
         cfg.eval.compare_random_init = False
         return evaluate_modules(models, cfg, out, title, show_progress, notes)
     tokenizer = load_tokenizer()
-    runner = vqa if cfg.task.name == "vqa" else nlvr2
+    runner = RUNNERS[cfg.task.name]
     status = console.status("building the evaluation sets") if show_progress else contextlib.nullcontext()
     with status:
         sets = runner.evaluation_sets(cfg)
-    label = "question only" if cfg.task.blind else "fine-tuned"
+    label = "question only" if cfg.task.blind else "pre-trained (no fine-tuning)" if zero_shot else "fine-tuned"
     results, skipped = runner.evaluate(module, sets, tokenizer, cfg, label)
     notes.extend(skipped)
+    if cfg.task.name == "grounding" and starts_from_checkpoint(cfg) and Path(cfg.task.init_from).is_dir():
+        start_rows, _ = grounding.evaluate(load_pretrainer(cfg.task.init_from), sets, tokenizer, cfg, "zero-shot (start)")
+        results.update(start_rows)
+    if cfg.task.name == "grounding":
+        notes.append("accuracy: the Grad-CAM map's top candidate box at IoU >= 0.5 (ALBEF's protocol); floors: a random, "
+                     "the largest and the centre-most candidate; attributes / relation: per kind of expression; "
+                     "confused: targets sharing shape or colour with another object")
     columns = _columns(cfg.task.name, results)
     json_path, md_path = write_report(results, out, title, notes, columns)
     if show_progress:

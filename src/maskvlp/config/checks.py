@@ -129,3 +129,8 @@ def _check_task(cfg: RunConfig) -> None:
         raise ConfigError(f"task.source=files needs task.train_files=[...] and/or task.test_files=[...] for {task.name}")
     if task.blind and task.name != "vqa":
         raise ConfigError("task.blind (the question-only floor) is a VQA setting")
+    if task.name == "grounding":
+        if task.box_alpha < 0:
+            raise ConfigError(f"task.box_alpha must be >= 0, got {task.box_alpha}")
+        if task.train_scenes < 1:
+            raise ConfigError(f"task.train_scenes must be >= 1, got {task.train_scenes}")

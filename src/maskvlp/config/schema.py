@@ -222,7 +222,7 @@ class EvalConfig:
 # --------------------------------------------------------------------------------------------
 # Downstream tasks
 # --------------------------------------------------------------------------------------------
-TASKS = ("retrieval", "vqa", "nlvr2")
+TASKS = ("retrieval", "vqa", "nlvr2", "grounding")
 TASK_SOURCES = ("synthetic", "files")
 
 
@@ -234,7 +234,7 @@ class TaskConfig:
     the answer vocabulary and the pre-trained checkpoint it started from (``init_*``).
     """
 
-    name: str = ""  # "" (pre-training) | retrieval | vqa | nlvr2
+    name: str = ""  # "" (pre-training) | retrieval | vqa | nlvr2 | grounding
     init_from: str = ""  # the pre-trained checkpoint folder it started from; "none": no vision-language pre-training
     init_recipe: str = ""  # recorded at the start: the pre-trained run's recipe and step
     init_step: int = -1
@@ -250,6 +250,11 @@ class TaskConfig:
     train_pairs: int = 20000  # synthetic NLVR2 pairs of train scenes
     test_pairs: int = 1000  # synthetic NLVR2 pairs of test (and of held-out) scenes
     head_hidden: float = 2.0  # answer / pair classifier: hidden width as a multiple of the fused width (ViLT: 2)
+    train_scenes: int = 10000  # synthetic grounding: training scenes (every object that can be referred to is a target)
+    refer_dir: str = ""  # grounding on files: ALBEF's refcoco_data folder (refcoco+/refs(unc).p, instances.json, dets.json)
+    dets_file: str = ""  # grounding: candidate boxes, when not <refer_dir>/refcoco+/dets.json
+    box_alpha: float = 0.5  # grounding: a box scores sum(map inside) / area ** alpha (ALBEF's evaluation: 0.5)
+    cam_layer: int = -1  # grounding: the fusion layer Grad-CAM reads; -1: ALBEF's (index 2, or the last of a shallower fusion)
 
 
 @dataclass

@@ -179,13 +179,13 @@ def _read_json_list(file: str | Path, entries: str = '{"image": ..., "caption": 
     return data
 
 
-def _entry_captions(file: Path, i: int, caption: Any) -> tuple[tuple[str, ...], int]:
+def _entry_captions(file: Path, i: int, caption: Any, key: str = "caption") -> tuple[tuple[str, ...], int]:
     """The entry's non-empty captions, lone surrogates repaired, and how many were repaired;
     a string or a list of strings is accepted."""
     if isinstance(caption, str):
         caption = [caption]
     if not isinstance(caption, list) or not all(isinstance(c, str) for c in caption):
-        raise DataFormatError(f"{file}: entry {i}: \"caption\" must be a string or a list of strings")
+        raise DataFormatError(f"{file}: entry {i}: \"{key}\" must be a string or a list of strings")
     kept = [c.strip() for c in caption if c.strip()]
     repaired = [repair_surrogates(c) for c in kept]
     return tuple(repaired), sum(a != b for a, b in zip(kept, repaired))
@@ -196,26 +196,27 @@ def _join(image_root: str | Path, image: str) -> str:
     return os.path.normpath(image if os.path.isabs(image) else os.path.join(str(image_root), image))
 
 
-def _parse_entries(file: str | Path, image_root: str | Path) -> list[JsonEntry]:
-    """Validated entries of one ALBEF-style file, including those left with no caption."""
+def _parse_entries(file: str | Path, image_root: str | Path, text_key: str = "caption") -> list[JsonEntry]:
+    """Validated entries of one ALBEF-style file, including those left with no caption; ``text_key`` names
+    the text field (ALBEF's grounding files call it "text")."""
     path = Path(file)
     entries: list[JsonEntry] = []
     for i, item in enumerate(_read_json_list(path)):
         if not isinstance(item, dict):
             raise DataFormatError(f"{path}: entry {i} is a {type(item).__name__}, expected an object")
-        for key in ("image", "caption"):
+        for key in ("image", text_key):
             if key not in item:
                 raise DataFormatError(f"{path}: entry {i} has no \"{key}\" key (keys: {sorted(item)})")
         if not isinstance(item["image"], str) or not item["image"].strip():
             raise DataFormatError(f"{path}: entry {i}: \"image\" must be a non-empty path string")
-        captions, repaired = _entry_captions(path, i, item["caption"])
+        captions, repaired = _entry_captions(path, i, item[text_key], text_key)
         entries.append(JsonEntry(_join(image_root, item["image"].strip()), captions, repaired))
     return entries
 
 
-def load_json_entries(file: str | Path, image_root: str | Path) -> tuple[list[JsonEntry], int]:
+def load_json_entries(file: str | Path, image_root: str | Path, text_key: str = "caption") -> tuple[list[JsonEntry], int]:
     """Validated entries of one ALBEF-style file, and how many were dropped for empty captions."""
-    entries = _parse_entries(file, image_root)
+    entries = _parse_entries(file, image_root, text_key)
     kept = [e for e in entries if e.captions]
     return kept, len(entries) - len(kept)
 
@@ -247,6 +248,7 @@ class AlbefJsonDataset(PretrainDataset):
         crop_scale_min: float,
         hflip: bool,
         seed: int = 0,
+        text_key: str = "caption",
     ) -> None:
         super().__init__(seed)
         if isinstance(files, (str, Path)):
@@ -255,7 +257,7 @@ class AlbefJsonDataset(PretrainDataset):
         self.skipped_empty = 0
         self.repaired_text = 0
         for file in files:
-            entries, skipped = load_json_entries(file, image_root)
+            entries, skipped = load_json_entries(file, image_root, text_key)
             self.entries.extend(entries)
             self.skipped_empty += skipped
             self.repaired_text += sum(e.repaired for e in entries)

@@ -37,6 +37,12 @@ def world_for(cfg: RunConfig, test_scenes: int | None = None) -> "SyntheticWorld
     return SyntheticWorld(world_cfg)
 
 
+def synthetic_test_splits(world: "SyntheticWorld", num_images: int) -> list[tuple[str, int]]:
+    """(split, scenes) for each of the world's evaluation splits that has scenes: its first ``num_images``."""
+    return [(split, min(num_images, world.num_scenes(split))) for split in SYNTHETIC_TEST_SPLITS
+            if world.num_scenes(split) > 0]
+
+
 def rendered_split(world: "SyntheticWorld", split: str, num_scenes: int | None, image_size: int,
                    show_progress: bool = False) -> TaskImages:
     """The first ``num_scenes`` scenes of a split drawn once into memory (indices = scene indices)."""

@@ -32,7 +32,7 @@ def task_recipe(task: str) -> str:
     """The path of a task's built-in recipe (``recipes/tasks/<task>.yaml``)."""
     path = resources.files("maskvlp") / "recipes" / "tasks" / f"{task}.yaml"
     if not path.is_file():
-        raise ConfigError(f"unknown task {task!r}; valid tasks: retrieval, vqa, nlvr2")
+        raise ConfigError(f"unknown task {task!r}; valid tasks: retrieval, vqa, nlvr2, grounding")
     return str(path)
 
 

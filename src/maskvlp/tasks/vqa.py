@@ -16,7 +16,7 @@ from maskvlp.data.tokenizer import Tokenizer
 from maskvlp.engine.job import Job
 from maskvlp.eval.vqa_metric import vqa_report
 from maskvlp.tasks.common import (
-    SYNTHETIC_TEST_SPLITS, EvalSet, batched, evaluate_sets, inference, load_rows, rendered_split, world_for,
+    EvalSet, batched, evaluate_sets, inference, load_rows, rendered_split, synthetic_test_splits, world_for,
 )
 from maskvlp.tasks.modules import VqaModule
 from maskvlp.tasks.start import start_module, task_optimizer
@@ -38,10 +38,7 @@ def evaluation_sets(cfg: RunConfig, show_progress: bool = False) -> list[EvalSet
     if cfg.task.source == "synthetic":
         world = world_for(cfg, test_scenes=cfg.eval.num_images)
         sets = []
-        for split in SYNTHETIC_TEST_SPLITS:
-            if world.num_scenes(split) == 0:
-                continue
-            scenes = min(cfg.eval.num_images, world.num_scenes(split))
+        for split, scenes in synthetic_test_splits(world, cfg.eval.num_images):
             examples = world.vqa_examples(split, num_scenes=scenes, per_scene=cfg.task.questions_per_scene)
             sets.append(EvalSet(split, examples, rendered_split(world, split, scenes, cfg.model.vision.image_size,
                                                                 show_progress)))

@@ -26,13 +26,24 @@ One module per job; this package re-exports the public names, so import from
 * :mod:`.export`: writing a split as ALBEF / Karpathy JSON plus PNGs;
 * :mod:`.questions`: VQA-style questions with exact, balanced answers (:func:`write_questions`);
 * :mod:`.statements`: NLVR2-style statements about scene pairs (:func:`write_statement`);
-* :mod:`.task_export`: writing VQA v2, NLVR2 and ALBEF task files plus PNGs.
+* :mod:`.referring`: referring expressions that pick exactly one object, and candidate boxes, for
+  grounding (:func:`write_referring`, :func:`referents`, :func:`candidate_boxes`);
+* :mod:`.task_export`: writing VQA v2, NLVR2, RefCOCO+ and ALBEF task files plus PNGs.
 """
 from __future__ import annotations
 
 from maskvlp.data.synthetic.captions import write_captions
 from maskvlp.data.synthetic.export import export_albef_json
 from maskvlp.data.synthetic.probes import BindingProbe, colour_swap, reverse_relation
+from maskvlp.data.synthetic.referring import (
+    ReferringExpression,
+    candidate_boxes,
+    confusers,
+    object_box,
+    referable,
+    referents,
+    write_referring,
+)
 from maskvlp.data.synthetic.questions import QUESTION_TYPES, Query, Question, answer_query, write_questions
 from maskvlp.data.synthetic.render import render_scene
 from maskvlp.data.synthetic.scenes import Scene, SceneObject, choose_heldout_pairs
@@ -42,6 +53,7 @@ from maskvlp.data.synthetic.task_export import (
     export_albef_vqa,
     export_karpathy_train,
     export_nlvr2,
+    export_refcoco,
     export_vqa_v2,
     nlvr2_image_names,
 )
@@ -100,29 +112,37 @@ __all__ = [
     "PairClaim",
     "Query",
     "Question",
+    "ReferringExpression",
     "Scene",
     "SceneObject",
     "Statement",
     "SyntheticWorld",
     "answer_query",
+    "candidate_boxes",
     "caption_kind",
     "choose_heldout_pairs",
     "colour_swap",
+    "confusers",
     "export_albef_json",
     "export_albef_nlvr2",
     "export_albef_vqa",
     "export_karpathy_train",
     "export_nlvr2",
+    "export_refcoco",
     "export_vqa_v2",
     "holds",
     "nlvr2_image_names",
+    "object_box",
     "pair_label",
     "realize",
+    "referable",
+    "referents",
     "relation_holds",
     "render_scene",
     "reverse_relation",
     "truth_matrix",
     "write_captions",
     "write_questions",
+    "write_referring",
     "write_statement",
 ]

@@ -13,6 +13,14 @@ from maskvlp.config import WorldConfig
 from maskvlp.data.synthetic.captions import write_captions
 from maskvlp.data.synthetic.probes import BindingProbe, _colour_swap_probe, _relation_probe
 from maskvlp.data.synthetic.questions import Question, write_questions
+from maskvlp.data.synthetic.referring import (
+    ReferringExpression,
+    candidate_boxes,
+    confusers,
+    object_box,
+    referable,
+    write_referring,
+)
 from maskvlp.data.synthetic.render import render_scene
 from maskvlp.data.synthetic.scenes import Scene, _pick, _place, choose_heldout_pairs
 from maskvlp.data.synthetic.statements import write_statement
@@ -20,6 +28,7 @@ from maskvlp.data.synthetic.truth import Caption
 from maskvlp.data.synthetic.vocabulary import (
     _SPLIT_CODES,
     _STREAM_CAPTIONS,
+    _STREAM_GROUNDING,
     _STREAM_PROBES,
     _STREAM_QUESTIONS,
     _STREAM_RENDER,
@@ -34,10 +43,12 @@ from maskvlp.data.synthetic.vocabulary import (
     SMALL_RADIUS,
     SPLITS,
 )
-from maskvlp.data.tasks.examples import Nlvr2Example, VqaExample
+from maskvlp.data.tasks.examples import GroundingExample, Nlvr2Example, VqaExample
 
 QUESTIONS_PER_SCENE = 6
 _QUESTION_ID_STRIDE = 100  # question_id = scene index * stride + k, as VQA ids encode the image
+_GROUNDING_ATTEMPTS = 100  # redraws of a grounding scene whose target was dropped or cannot be referred to
+_SHAPE_CONFUSER_SHARE = 1.0  # a grounding target's confuser shares its shape (else its colour): RefCOCO+ images hold several objects of the referred category
 
 
 class SyntheticWorld:
@@ -58,6 +69,7 @@ class SyntheticWorld:
         self._all_pairs = all_pairs
         self._scenes: dict[str, list[Scene]] = {}
         self._captions: dict[Scene, list[Caption]] = {}
+        self._grounding: dict[tuple[str, int], Scene] = {}
 
     def num_scenes(self, split: str) -> int:
         """Scenes in a split; "heldout" has as many as "test" (none when no pair is held out)."""
@@ -75,10 +87,7 @@ class SyntheticWorld:
 
     def scene(self, split: str, index: int) -> Scene:
         """Scene ``index`` of ``split``, drawn from its own generator (seed, split, index)."""
-        if split not in _SPLIT_CODES:
-            raise ValueError(f"unknown split {split!r}; choose from {SPLITS}")
-        if split == "heldout" and not self.heldout_pairs:
-            raise ValueError("the heldout split is empty: cfg.heldout_pairs is 0")
+        self._check_split(split)
         rng = np.random.default_rng([self.seed, _SPLIT_CODES[split], int(index)])
         count = int(rng.integers(self.cfg.min_objects, self.cfg.max_objects + 1))
         forced = int(rng.integers(count)) if split == "heldout" else -1
@@ -88,6 +97,12 @@ class SyntheticWorld:
         if len(placed) < self.cfg.min_objects:
             raise RuntimeError(f"could not place {count} objects in scene {split}-{index}")
         return Scene(f"{split}-{index:06d}", split, tuple(o["obj"] for o in placed))
+
+    def _check_split(self, split: str) -> None:
+        if split not in _SPLIT_CODES:
+            raise ValueError(f"unknown split {split!r}; choose from {SPLITS}")
+        if split == "heldout" and not self.heldout_pairs:
+            raise ValueError("the heldout split is empty: cfg.heldout_pairs is 0")
 
     def _sample_object(self, order: int, rng: np.random.Generator, pair: tuple[str, str] | None, split: str) -> dict:
         """Attributes of one object; held-out pairs only in the heldout split."""
@@ -99,9 +114,9 @@ class SyntheticWorld:
         return {"order": order, "colour": pair[0], "shape": pair[1], "size": size,
                 "material": _pick(rng, MATERIALS), "radius": radius}
 
-    def _scene_rng(self, stream: int, scene: Scene) -> np.random.Generator:
+    def _scene_rng(self, stream: int, scene: Scene, *extra: int) -> np.random.Generator:
         """A generator for one purpose and one scene, stable across processes (crc32, not hash)."""
-        return np.random.default_rng([self.seed, stream, zlib.crc32(scene.scene_id.encode("utf-8"))])
+        return np.random.default_rng([self.seed, stream, zlib.crc32(scene.scene_id.encode("utf-8")), *extra])
 
     def captions(self, scene: Scene) -> list[Caption]:
         """``captions_per_scene`` true captions, differently worded and (when possible) different in content."""
@@ -161,3 +176,67 @@ class SyntheticWorld:
             statement = write_statement(scenes[left], scenes[right], rng, self.heldout_pairs)
             out.append(Nlvr2Example(f"{split}-{pair}-0-0", statement.text, statement.label, left, right, statement.heldout))
         return out
+
+    # ----------------------------------------------------------------------------------------
+    # Grounding (referring expressions)
+    # ----------------------------------------------------------------------------------------
+    def grounding_scene(self, split: str, index: int) -> Scene:
+        """Grounding scene ``index`` of ``split`` (its own generator): 3 or more objects, object 0 the
+        test target, with a confuser sharing its shape or colour; in "heldout" the target is a
+        held-out pair. Redrawn from the same generator until the target is placed and referable."""
+        self._check_split(split)
+        key = (split, int(index))
+        if key not in self._grounding:
+            rng = np.random.default_rng([self.seed, _STREAM_GROUNDING, _SPLIT_CODES[split], int(index)])
+            for _ in range(_GROUNDING_ATTEMPTS):
+                placed = _place(self._grounding_objects(split, rng), rng)
+                scene = Scene(f"ref-{split}-{int(index):06d}", split, tuple(o["obj"] for o in placed))
+                if len(placed) >= 3 and placed[0]["order"] == 0 and confusers(scene, 0) and referable(scene, 0):
+                    self._grounding[key] = scene
+                    break
+            else:
+                raise RuntimeError(f"no referable grounding scene {split}-{index} in {_GROUNDING_ATTEMPTS} draws")
+        return self._grounding[key]
+
+    def _grounding_objects(self, split: str, rng: np.random.Generator) -> list[dict]:
+        """The target (order 0), a confuser (order 1) and random others, not yet placed."""
+        count = int(rng.integers(3, min(max(3, self.cfg.max_objects), MAX_OBJECTS) + 1))
+        target = _pick(rng, sorted(self.heldout_pairs) if split == "heldout" else self._seen_pairs)
+        pool = self._all_pairs if split == "heldout" else self._seen_pairs
+        same_shape = [p for p in pool if p[1] == target[1] and p[0] != target[0]]
+        same_colour = [p for p in pool if p[0] == target[0] and p[1] != target[1]]
+        by_shape = rng.random() < _SHAPE_CONFUSER_SHARE
+        options = (same_shape if by_shape else same_colour) or same_shape or same_colour
+        if not options:
+            raise ValueError(f"no colour-shape pair can confuse {target}: too many pairs held out")
+        objs = [self._sample_object(0, rng, target, split), self._sample_object(1, rng, _pick(rng, options), split)]
+        return objs + [self._sample_object(k, rng, None, split) for k in range(2, count)]
+
+    def referring(self, scene: Scene) -> list[ReferringExpression]:
+        """One valid expression per object that has one, in object order (deterministic per scene)."""
+        rng = self._scene_rng(_STREAM_GROUNDING, scene)
+        out = [write_referring(scene, k, rng) for k in range(len(scene.objects))]
+        return [e for e in out if e is not None]
+
+    def grounding_examples(self, split: str, num_scenes: int | None = None) -> list[GroundingExample]:
+        """One expression (for object 0) per grounding scene among the first ``num_scenes`` of ``split``
+        (all by default); ``ref_id`` and ``image`` are the scene index (render
+        ``grounding_scene(split, image)``), boxes are in pixels at ``cfg.image_size``."""
+        size = self.cfg.image_size
+        total = self.num_scenes(split)
+        out = []
+        for index in range(total if num_scenes is None else min(num_scenes, total)):
+            scene = self.grounding_scene(split, index)
+            # object 0 is written first, so this is referring(scene)[0] without writing the others
+            expr = write_referring(scene, 0, self._scene_rng(_STREAM_GROUNDING, scene))
+            assert expr is not None  # grounding_scene keeps only scenes whose target is referable
+            candidates = candidate_boxes(scene, size, self._scene_rng(_STREAM_GROUNDING, scene, 1), target=0)
+            out.append(GroundingExample(index, index, expr.text, object_box(scene.objects[0], size), candidates,
+                                        split, split == "heldout", expr.confused, expr.kind))
+        return out
+
+    def grounding_training_texts(self, num_scenes: int | None = None) -> list[list[str]]:
+        """Per train grounding scene (the first ``num_scenes``), the expressions of every referable object."""
+        total = self.num_scenes("train")
+        count = total if num_scenes is None else min(num_scenes, total)
+        return [[e.text for e in self.referring(self.grounding_scene("train", i))] for i in range(count)]

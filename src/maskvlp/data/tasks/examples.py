@@ -1,4 +1,5 @@
-"""Downstream task examples (VQA, NLVR2), one record per question or sentence, as the readers return them.
+"""Downstream task examples (VQA, NLVR2, grounding), one record per question, sentence or expression, as the
+readers return them.
 
 The file readers and the synthetic world both produce these records, so training, evaluation and
 the metrics never care where an example came from.
@@ -33,3 +34,21 @@ class Nlvr2Example:
     left: str | int  # a file path, or a scene index (synthetic)
     right: str | int
     heldout: bool = False  # synthetic: the sentence concerns a held-out colour-shape pair
+
+
+Box = tuple[float, float, float, float]  # COCO's [x, y, width, height], in pixels of the original image
+
+
+@dataclass(frozen=True)
+class GroundingExample:
+    """One referring expression, the box of the object it refers to, and the candidate boxes to choose from."""
+
+    ref_id: int  # unique within a file / split (RefCOCO+'s ref_id)
+    image: str | int  # a file path, or for the synthetic world the index of a grounding scene of ``split``
+    text: str
+    box: Box  # the referred object's ground-truth box
+    candidates: tuple[Box, ...]  # the boxes the model chooses among (RefCOCO+: a detector's; the world: every object plus distractors)
+    split: str = ""  # REFER's split ("val", "testA", "testB"), or the world's ("test", "heldout")
+    heldout: bool = False  # synthetic: the referred object is a held-out colour-shape pair
+    confused: bool = False  # synthetic: another object in the scene shares the referred object's shape or colour
+    kind: str = ""  # synthetic: "attributes" (the object's own words pick it) | "relation" (a relation to another does)

@@ -1,0 +1,143 @@
+"""Weakly-supervised grounding as a recipe (ALBEF's RefCOCO+ protocol): fine-tune pre-training's ITC + ITM
+on (image, expression) pairs, then pick, for each test expression, the candidate box where the Grad-CAM
+map of the ITM score is densest (:mod:`maskvlp.eval.grounding_metric`).
+
+The module is pre-training's own (as for fine-tuned retrieval): only the data and the evaluation are the
+task's. Rows per split (the world's test and held-out scenes, or the REFER splits a file names: val,
+testA, testB), each beside the floors of a random, the largest and the centre-most candidate box.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from dataclasses import replace
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from maskvlp.config import ConfigError, RunConfig
+from maskvlp.data.batch import TextSpecials
+from maskvlp.data.datasets import AlbefJsonDataset, _render_all
+from maskvlp.data.tasks.examples import Box, GroundingExample
+from maskvlp.data.tasks.grounding_data import GroundingTrainSet, SizedImages
+from maskvlp.data.tasks.refcoco_files import ReferFolder, read_grounding_test
+from maskvlp.data.tokenizer import Tokenizer
+from maskvlp.engine.job import Job
+from maskvlp.engine.logging import console
+from maskvlp.engine.pretrainer import Pretrainer
+from maskvlp.engine.trainer import PRETRAINING
+from maskvlp.eval.gradcam import itm_gradcam
+from maskvlp.eval.grounding_metric import FLOORS, choose_box, floor_hits, hit, map_at_image_size
+from maskvlp.tasks.common import EvalSet, batched, evaluate_sets, load_rows, synthetic_test_splits, world_for
+from maskvlp.tasks.start import start_module, task_optimizer
+
+
+def _status(show: bool, what: str):
+    return console.status(what) if show else contextlib.nullcontext()
+
+
+def training_set(cfg: RunConfig, show_progress: bool = False):
+    """The world's grounding scenes with every expression that picks one of their objects, or ALBEF's
+    ``refcoco+_train.json`` files (``{"image", "text"}``) read as pre-training reads its lists."""
+    if cfg.task.source == "synthetic":
+        world = world_for(cfg)
+        with _status(show_progress, f"writing and rendering {cfg.task.train_scenes:,} grounding scenes"):
+            texts = world.grounding_training_texts(cfg.task.train_scenes)
+            scenes = [world.grounding_scene("train", i) for i in range(len(texts))]
+            images = _render_all(world, scenes, None, None)
+        return GroundingTrainSet(texts, images, seed=cfg.train.seed)
+    if not cfg.task.train_files:
+        raise ConfigError("fine-tuning grounding on files needs task.train_files=[refcoco+_train.json] and "
+                          "task.train_image_root=...")
+    return AlbefJsonDataset(cfg.task.train_files, cfg.task.train_image_root, cfg.model.vision.image_size,
+                            cfg.data.crop_scale_min, cfg.data.hflip, seed=cfg.train.seed, text_key="text")
+
+
+def job(cfg: RunConfig, train_set) -> Job:
+    def build(cfg: RunConfig, specials: TextSpecials, start: bool) -> Pretrainer:
+        return start_module(lambda unimodal: Pretrainer(cfg, specials, load_pretrained=unimodal), cfg, start)
+
+    return replace(PRETRAINING, build_dataset=lambda cfg: train_set, build_module=build, build_optimizer=task_optimizer)
+
+
+def evaluation_sets(cfg: RunConfig, show_progress: bool = False) -> list[EvalSet]:
+    """One expression about each of the world's first ``eval.num_images`` test (and held-out) grounding
+    scenes, or ``task.test_files`` split by the split each reference names."""
+    if cfg.task.source == "synthetic":
+        world = world_for(cfg, test_scenes=cfg.eval.num_images)
+        sets = []
+        for split, num in synthetic_test_splits(world, cfg.eval.num_images):
+            with _status(show_progress, f"writing and rendering {num:,} {split} grounding scenes"):
+                examples = world.grounding_examples(split, num)
+                images = _render_all(world, [world.grounding_scene(split, i) for i in range(num)], None, None)
+            sets.append(EvalSet(split, examples, SizedImages(cfg.model.vision.image_size, images)))
+        return sets
+    if not cfg.task.test_files:
+        raise ConfigError("evaluating grounding on files needs task.test_files=[refcoco+_test.json] and "
+                          "task.test_image_root=... (and task.refer_dir=... unless the entries carry their boxes)")
+    refer = ReferFolder(cfg.task.refer_dir, cfg.task.dets_file or None) if cfg.task.refer_dir else None
+    examples = read_grounding_test(cfg.task.test_files, cfg.task.test_image_root, refer)
+    by_split: dict[str, list[GroundingExample]] = defaultdict(list)
+    for example in examples:
+        by_split[example.split].append(example)
+    images = SizedImages(cfg.model.vision.image_size)
+    return [EvalSet(split, by_split[split], images) for split in sorted(by_split)]
+
+
+def cam_layer(cfg: RunConfig) -> int | None:
+    return None if cfg.task.cam_layer < 0 else cfg.task.cam_layer
+
+
+Prediction = tuple[Box, tuple[int, int]]  # the chosen box and the image's own (width, height)
+
+
+def predict(module: Pretrainer, examples: Sequence[GroundingExample], images: SizedImages, tokenizer: Tokenizer,
+            cfg: RunConfig) -> tuple[dict[int, Prediction], int]:
+    """The chosen box of every expression whose image reads (with the image's size), and how many were
+    skipped as unreadable. A row's map is resized to its image's own size before the boxes are scored, as
+    ALBEF does."""
+    model = module.model
+    device = next(model.parameters()).device
+    chosen: dict[int, Prediction] = {}
+    skipped = 0
+    for chunk in batched(examples, cfg.eval.batch_size):
+        kept, loaded, bad = load_rows(chunk, lambda e: images(e.image))
+        skipped += bad
+        if not kept:
+            continue
+        tokens = tokenizer.encode([e.text for e in kept], cfg.model.text.max_len)
+        pixels = torch.stack([image for image, _ in loaded]).to(device)
+        cams = itm_gradcam(model, pixels, tokens.input_ids.to(device), tokens.attention_mask.to(device),
+                           layer=cam_layer(cfg)).text_map.cpu()
+        for example, cam, (_, (width, height)) in zip(kept, cams, loaded):
+            heat = map_at_image_size(cam, height, width)
+            box = example.candidates[choose_box(heat, example.candidates, cfg.task.box_alpha)]
+            chosen[example.ref_id] = (box, (width, height))
+    return chosen, skipped
+
+
+def report(predictions: dict[int, Prediction], examples: Sequence[GroundingExample]) -> dict[str, float]:
+    """Accuracy at IoU >= 0.5 (percent), the three floors, and accuracy per kind of expression where the
+    examples say (the world's "attributes" / "relation"; "confused": another object shares the target's
+    shape or colour, reported when only some targets have one)."""
+    if not examples:
+        return {"accuracy": float("nan"), "n": 0.0}
+    hits = np.array([hit(predictions[e.ref_id][0], e.box) for e in examples], dtype=float)
+    row = {"accuracy": 100 * float(hits.mean())}
+    floors = [floor_hits(e.box, e.candidates, *predictions[e.ref_id][1]) for e in examples]
+    for name in FLOORS:
+        row[name] = 100 * float(np.mean([f[name] for f in floors]))
+    for kind in sorted({e.kind for e in examples if e.kind}):
+        row[kind] = 100 * float(np.mean([h for h, e in zip(hits, examples) if e.kind == kind]))
+    confused = [h for h, e in zip(hits, examples) if e.confused]
+    if confused and len(confused) < len(examples):
+        row["confused"] = 100 * float(np.mean(confused))
+    row["n"] = float(len(examples))
+    return row
+
+
+def evaluate(module: Pretrainer, sets: Sequence[EvalSet], tokenizer: Tokenizer, cfg: RunConfig,
+             label: str) -> tuple[dict[str, dict[str, float]], list[str]]:
+    return evaluate_sets(sets, lambda s: predict(module, s.examples, s.images, tokenizer, cfg), lambda e: e.ref_id,
+                         report, label, "expressions")
