@@ -33,6 +33,10 @@ def test_grounding_finetunes_on_the_world_and_reports_accuracy_beside_the_floors
         assert all(0 <= row[f] <= 100 for f in FLOORS)
         assert 0 < row["random_box"] < 50  # every scene has 3+ objects and distractor boxes, one of them right
     assert (Path(cfg.output_dir) / "eval" / "results.md").is_file()
+    from PIL import Image
+
+    with Image.open(Path(cfg.output_dir) / "eval" / "grounding_examples.png") as picture:  # maps a person can check
+        assert picture.width > 300 and picture.height > 300
 
 
 def test_grounding_resumes_exactly(tmp_path):

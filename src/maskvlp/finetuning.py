@@ -164,6 +164,9 @@ def evaluate_task_checkpoint(path: str | Path, overrides: list[str], output_dir:
         start_rows, _ = grounding.evaluate(load_pretrainer(cfg.task.init_from), sets, tokenizer, cfg, "zero-shot (start)")
         results.update(start_rows)
     if cfg.task.name == "grounding":
+        picture = grounding.save_examples(module, sets, tokenizer, cfg, out / "grounding_examples.png", title)
+        if picture is not None and show_progress:
+            print_line(f"maps of the first test expressions: {picture}")
         notes.append("accuracy: the Grad-CAM map's top candidate box at IoU >= 0.5 (ALBEF's protocol); floors: a random, "
                      "the largest and the centre-most candidate; attributes / relation: per kind of expression; "
                      "confused: targets sharing shape or colour with another object")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections import defaultdict
 from dataclasses import replace
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -28,6 +29,7 @@ from maskvlp.engine.logging import console
 from maskvlp.engine.pretrainer import Pretrainer
 from maskvlp.engine.trainer import PRETRAINING
 from maskvlp.eval.gradcam import itm_gradcam
+from maskvlp.eval.heatmap import save_grounding_grid
 from maskvlp.eval.grounding_metric import FLOORS, choose_box, floor_hits, hit, map_at_image_size
 from maskvlp.tasks.common import EvalSet, batched, evaluate_sets, load_rows, synthetic_test_splits, world_for
 from maskvlp.tasks.start import start_module, task_optimizer
@@ -92,13 +94,20 @@ def cam_layer(cfg: RunConfig) -> int | None:
 Prediction = tuple[Box, tuple[int, int]]  # the chosen box and the image's own (width, height)
 
 
+def _maps(model, examples: Sequence[GroundingExample], pixels: torch.Tensor, tokenizer: Tokenizer,
+          cfg: RunConfig) -> torch.Tensor:
+    """(B, g, g) Grad-CAM maps of the ITM score, one per (image, expression) row, on the CPU."""
+    device = next(model.parameters()).device
+    tokens = tokenizer.encode([e.text for e in examples], cfg.model.text.max_len)
+    return itm_gradcam(model, pixels.to(device), tokens.input_ids.to(device), tokens.attention_mask.to(device),
+                       layer=cam_layer(cfg)).text_map.cpu()
+
+
 def predict(module: Pretrainer, examples: Sequence[GroundingExample], images: SizedImages, tokenizer: Tokenizer,
             cfg: RunConfig) -> tuple[dict[int, Prediction], int]:
     """The chosen box of every expression whose image reads (with the image's size), and how many were
     skipped as unreadable. A row's map is resized to its image's own size before the boxes are scored, as
     ALBEF does."""
-    model = module.model
-    device = next(model.parameters()).device
     chosen: dict[int, Prediction] = {}
     skipped = 0
     for chunk in batched(examples, cfg.eval.batch_size):
@@ -106,15 +115,31 @@ def predict(module: Pretrainer, examples: Sequence[GroundingExample], images: Si
         skipped += bad
         if not kept:
             continue
-        tokens = tokenizer.encode([e.text for e in kept], cfg.model.text.max_len)
-        pixels = torch.stack([image for image, _ in loaded]).to(device)
-        cams = itm_gradcam(model, pixels, tokens.input_ids.to(device), tokens.attention_mask.to(device),
-                           layer=cam_layer(cfg)).text_map.cpu()
+        cams = _maps(module.model, kept, torch.stack([image for image, _ in loaded]), tokenizer, cfg)
         for example, cam, (_, (width, height)) in zip(kept, cams, loaded):
             heat = map_at_image_size(cam, height, width)
             box = example.candidates[choose_box(heat, example.candidates, cfg.task.box_alpha)]
             chosen[example.ref_id] = (box, (width, height))
     return chosen, skipped
+
+
+def save_examples(module: Pretrainer, sets: Sequence[EvalSet], tokenizer: Tokenizer, cfg: RunConfig, path: Path,
+                  title: str, per_split: int = 4) -> Path | None:
+    """A PNG of the first readable expressions of each split: map, candidates, true and chosen box."""
+    rows = []
+    for eval_set in sets:
+        kept, loaded, _ = load_rows(eval_set.examples[: per_split * 2], lambda e: eval_set.images(e.image))
+        kept, loaded = kept[:per_split], loaded[:per_split]
+        if not kept:
+            continue
+        cams = _maps(module.model, kept, torch.stack([image for image, _ in loaded]), tokenizer, cfg)
+        for example, cam, (_, (width, height)) in zip(kept, cams, loaded):
+            chosen = example.candidates[choose_box(map_at_image_size(cam, height, width), example.candidates,
+                                                   cfg.task.box_alpha)]
+            rows.append({"image": eval_set.images.picture(example.image), "cam": cam, "truth": example.box,
+                         "chosen": chosen, "candidates": example.candidates, "hit": hit(chosen, example.box),
+                         "text": f"{eval_set.name}: {example.text}"})
+    return save_grounding_grid(rows, title, path) if rows else None
 
 
 def report(predictions: dict[int, Prediction], examples: Sequence[GroundingExample]) -> dict[str, float]:

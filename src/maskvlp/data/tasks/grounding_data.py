@@ -58,3 +58,10 @@ class SizedImages:
             return to_tensor(img), (img.shape[1], img.shape[0])
         pil = load_image(ref)
         return None if pil is None else (to_tensor(resize_square(pil, self.image_size)), pil.size)
+
+    def picture(self, ref: str | int) -> np.ndarray | None:
+        """The image as a person sees it: (H, W, 3) uint8 at its own size."""
+        if isinstance(ref, int):
+            return None if self.rendered is None else self.rendered[ref]
+        pil = load_image(ref)
+        return None if pil is None else np.asarray(pil)
