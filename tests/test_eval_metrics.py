@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 
 import pytest
@@ -55,7 +56,10 @@ def test_recall_at_k_hand_built_with_ties_and_neg_inf():
 def test_recall_at_k_default_keys_and_constant_scores_get_no_credit():
     txt2img = torch.tensor([0, 0, 1, 2, 2])
     r = recall_at_k(torch.zeros(3, 5), txt2img)
-    assert set(r) == {"txt_r1", "txt_r5", "txt_r10", "img_r1", "img_r5", "img_r10", "txt_r_mean", "img_r_mean", "r_mean"}
+    assert set(r) == {"txt_r1", "txt_r5", "txt_r10", "img_r1", "img_r5", "img_r10", "txt_r_mean", "img_r_mean", "r_mean",
+                      "txt_medr", "img_medr"}
+    assert r["img_medr"] == 3.0  # every caption tied with (so beaten by) both other images: rank 2, 1-based 3
+    assert r["txt_medr"] == 4.0  # images beaten by 3, 4 and 3 foreign captions: median 3, 1-based 4
     assert r["txt_r1"] == 0.0 and r["img_r1"] == 0.0  # every tie goes against the model
     assert r["txt_r5"] == 100.0 and r["img_r5"] == 100.0  # fewer than 5 wrong candidates exist
 
@@ -73,7 +77,7 @@ def _brute_recall(sim: torch.Tensor, txt2img: list[int], ks: tuple[int, ...]) ->
         best = s[txt2img[j]][j]
         wrong = [s[i][j] for i in range(n_img) if i != txt2img[j]]
         img_ranks.append(math.inf if best == NINF else sum(w >= best for w in wrong))
-    out = {}
+    out = {"txt_medr": statistics.median(txt_ranks) + 1, "img_medr": statistics.median(img_ranks) + 1}  # MdR, 1-based
     for k in ks:
         out[f"txt_r{k}"] = 100 * sum(r < k for r in txt_ranks) / n_img
         out[f"img_r{k}"] = 100 * sum(r < k for r in img_ranks) / n_txt

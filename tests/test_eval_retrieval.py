@@ -62,7 +62,7 @@ def test_batched_itm_rerank_equals_a_per_pair_loop(tmp_path, itm_score):
                 **{k: v for k, v in M.recall_at_k(t2i, txt2img).items() if k.startswith("img")}}
     got = rows["itm k=3"]
     for key, value in expected.items():
-        assert abs(got[key] - value) < 1e-6, key
+        assert got[key] == value or abs(got[key] - value) < 1e-6, key  # an unreachable median rank is inf in both
     # and the per-pair scores themselves agree with the batched scorer
     from maskvlp.eval.retrieval import itm_scorer
 

@@ -21,7 +21,7 @@ def _seed() -> None:
 
 
 def tiny_vision(**kw) -> VisionTransformer:
-    cfg = VisionConfig(image_size=16, patch_size=4, width=32, depth=2, heads=4, **kw)
+    cfg = VisionConfig(**{"image_size": 16, "patch_size": 4, "width": 32, "depth": 2, "heads": 4, **kw})
     return VisionTransformer(cfg).eval()
 
 
@@ -148,15 +148,52 @@ def test_video_frames_and_attention_output() -> None:
     vit = tiny_vision(max_frames=2)
     video = torch.randn(2, 2, 3, 16, 16)
     out = vit(video, return_attention=True)
-    assert out.tokens.shape == (2, 1 + 2 * 16, 32)
-    assert out.attention is not None and out.attention.shape == (2, 4, 33, 33)
+    assert out.tokens.shape == (2, 1 + 2 + 2 * 16, 32)  # [global, CLS_1, CLS_2, patches of both frames]
+    assert out.attention is not None and out.attention.shape == (2, 4, 34, 34)
+    torch.testing.assert_close(out.tokens[:, 0], out.tokens[:, 1:3].mean(1))  # the clip's feature: SCL's mean
     assert vit(video[:, 0]).tokens.shape == (2, 17, 32)  # a picture is a one-frame video
+    torch.testing.assert_close(vit(video[:, :1]).tokens, vit(video[:, 0]).tokens, atol=0, rtol=0)
     # identical frames still give different tokens: the temporal embedding tells them apart
     same = video[:, :1].expand(-1, 2, -1, -1, -1)
     tok = vit(same).tokens
-    assert not torch.allclose(tok[:, 1:17], tok[:, 17:])
+    assert not torch.allclose(tok[:, 3:19], tok[:, 19:])
     with pytest.raises(ValueError, match="max_frames"):
         vit(torch.randn(1, 3, 3, 16, 16))
+
+
+def test_the_image_path_is_the_plain_vit() -> None:
+    """T = 1 (and every picture) is CLS + positions, the blocks with no mask, the final norm: nothing of
+    the video path touches it."""
+    vit = tiny_vision()
+    images = torch.randn(2, 3, 16, 16)
+    x = vit.embed_patches(images)
+    x = torch.cat([(vit.cls_token + vit.pos_embed[:, :1]).expand(2, -1, -1), x], dim=1)
+    for block in vit.blocks:
+        x = block(x)
+    torch.testing.assert_close(vit(images).tokens, vit.norm(x), atol=0, rtol=0)
+
+
+def test_video_attention_keeps_patches_in_their_frame_and_lets_cls_see_all() -> None:
+    """SCL's pattern: a patch attends to its own frame's CLS and patches, a frame CLS to every token. With one
+    block, frame 1's patch outputs cannot depend on frame 2's pixels; its CLS output must."""
+    vit = tiny_vision(max_frames=3, depth=1)
+    video = torch.randn(1, 3, 3, 16, 16)
+    changed = video.clone()
+    changed[:, 1] += 1.0
+    a, b = vit(video).tokens, vit(changed).tokens
+    patches_of = lambda t, f: t[:, 1 + 3 + 16 * f: 1 + 3 + 16 * (f + 1)]  # noqa: E731
+    torch.testing.assert_close(patches_of(a, 0), patches_of(b, 0), atol=1e-6, rtol=0)
+    torch.testing.assert_close(patches_of(a, 2), patches_of(b, 2), atol=1e-6, rtol=0)
+    assert not torch.allclose(patches_of(a, 1), patches_of(b, 1))
+    assert not torch.allclose(a[:, 1], b[:, 1])  # frame 1's CLS saw frame 2
+    # the pattern against a brute-force double loop, with patches dropped
+    keep = torch.tensor([[0, 5, 17, 20, 40, 47]])
+    pattern = vit.frame_pattern(1, 3, keep, torch.device("cpu"))[0]
+    frame = [0, 1, 2] + [int(k) // 16 for k in keep[0]]
+    for i in range(len(frame)):
+        for j in range(len(frame)):
+            assert bool(pattern[i, j]) == (i < 3 or frame[i] == frame[j]), (i, j)
+    assert vit(video, keep_idx=keep).tokens.shape == (1, 1 + 3 + 6, 32)
 
 
 # ------------------------------------------------------------------------------------ text and fusion

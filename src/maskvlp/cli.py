@@ -77,7 +77,7 @@ def _refuse(message: str) -> None:
 
 @app.command()
 def finetune(
-    task: str = typer.Argument(..., help="retrieval | vqa | nlvr2 | grounding"),
+    task: str = typer.Argument(..., help="retrieval | vqa | nlvr2 | grounding | video_retrieval"),
     from_: str = typer.Option(..., "--from", help="the pre-trained run or checkpoint folder to start from, or 'none' "
                                                    "(no vision-language pre-training: the floor every table needs)"),
     size: Optional[str] = typer.Option(None, help="model size with --from none (tiny | small | base); a pre-trained "
@@ -132,6 +132,18 @@ def evaluate_grounding_cmd(
     """Weakly-supervised grounding: the candidate box where the ITM Grad-CAM map is densest, correct at
     IoU >= 0.5 (ALBEF's RefCOCO+ protocol), beside the random, largest and centre-most box floors."""
     _evaluate_task("grounding", checkpoint, output, overrides)
+
+
+@evaluate_app.command("video_retrieval")
+def evaluate_video_retrieval_cmd(
+    checkpoint: str = typer.Option(..., help="a fine-tuned video retrieval checkpoint, or a pre-trained one "
+                                             "(zero-shot: its image encoder reads the frames)"),
+    output: Optional[str] = typer.Option(None, help="folder for results.json / results.md"),
+    overrides: Optional[list[str]] = OVERRIDES,
+) -> None:
+    """Video-text retrieval (MSR-VTT protocol: R@1/5/10, median rank; ITC and ITM re-rank) at task.frames frames
+    and on the first frame alone, with motion-twin accuracy where the test set has twins."""
+    _evaluate_task("video_retrieval", checkpoint, output, overrides)
 
 
 @evaluate_app.command("retrieval")

@@ -20,15 +20,17 @@ from maskvlp.engine.logging import console, print_line
 from maskvlp.engine.trainer import PRETRAINING, TrainResult, text_specials, train
 from maskvlp.eval.report import print_table, write_report
 from maskvlp.pipeline import evaluate_modules, load_pretrainer
-from maskvlp.tasks import grounding, nlvr2, vqa
+from maskvlp.tasks import grounding, nlvr2, video_retrieval, vqa
 from maskvlp.tasks.modules import Nlvr2Module, VqaModule
 from maskvlp.tasks.start import (
     NONE, finetune_config, start_module, starts_from_checkpoint, task_optimizer,
 )
 
 VQA_TYPES = ("type/yes/no", "type/number", "type/other")
-PRETRAINING_MODULE_TASKS = ("retrieval", "grounding")  # fine-tuned as pre-training's own module
-RUNNERS = {"vqa": vqa, "nlvr2": nlvr2, "grounding": grounding}
+PRETRAINING_MODULE_TASKS = ("retrieval", "grounding", "video_retrieval")  # fine-tuned as pre-training's own module
+RUNNERS = {"vqa": vqa, "nlvr2": nlvr2, "grounding": grounding, "video_retrieval": video_retrieval}
+ZERO_SHOT_TASKS = ("grounding", "video_retrieval")  # evaluate TASK also takes a pre-trained checkpoint as it is
+VIDEO_COLUMNS = ("img_r1", "img_r5", "img_r10", "img_medr", "txt_r1", "txt_medr", "twins", "binding_motion", "n")
 GROUNDING_COLUMNS = ("accuracy", "random_box", "largest_box", "centre_box", "attributes", "relation", "confused", "n")
 MAX_QUESTION_TYPE_COLUMNS = 10  # the world has 8; VQA v2's 65 stay in results.json
 
@@ -43,6 +45,8 @@ def prepare(task: str, source: str, overrides: list[str], size: str | None = Non
                               "and task.test_files=[test.json] (Karpathy test layout)")
         cfg.data.source, cfg.data.train_json, cfg.data.image_root = "json", list(cfg.task.train_files), cfg.task.train_image_root
         cfg.eval.test_json, cfg.eval.image_root = cfg.task.test_files[0], cfg.task.test_image_root
+    if task == "video_retrieval":  # SCL's encoder: the image model gains a temporal embedding (fresh) for its frames
+        cfg.model.vision.max_frames = max(cfg.model.vision.max_frames, cfg.task.frames)
     return cfg
 
 
@@ -73,6 +77,8 @@ def _job_for(cfg: RunConfig, show_progress: bool) -> tuple[Job, list[str]]:
         return nlvr2.job(cfg, nlvr2.training_set(cfg, show_progress)), []
     if cfg.task.name == "grounding":
         return grounding.job(cfg, grounding.training_set(cfg, show_progress)), []
+    if cfg.task.name == "video_retrieval":
+        return video_retrieval.job(cfg, video_retrieval.training_set(cfg, show_progress)), []
     return _retrieval_job(cfg), []
 
 
@@ -116,11 +122,29 @@ def load_task_module(path: str | Path) -> tuple[torch.nn.Module, RunConfig]:
     return module, cfg
 
 
+def clip_model_from_image_checkpoint(path: Path, cfg: RunConfig, frames: int) -> torch.nn.Module:
+    """A pre-trained image model reading clips of ``frames`` frames: SCL's encoder with the temporal embedding
+    the checkpoint lacks at zero (every frame alike; its CLS tokens still see each other)."""
+    from maskvlp.data.tokenizer import load_tokenizer
+    from maskvlp.engine.pretrainer import Pretrainer
+
+    cfg.model.vision.max_frames = max(cfg.model.vision.max_frames, frames)
+    module = Pretrainer(cfg, text_specials(load_tokenizer()), load_pretrained=False)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if name.endswith("temporal_embed"):
+                param.zero_()
+    ckpt.load_weights(path, module, may_lack=("temporal_embed",))
+    return module.eval()
+
+
 def _columns(task: str, results: dict[str, dict[str, float]]) -> tuple[str, ...]:
     if task == "nlvr2":
         return ("accuracy", "consistency", "heldout", "n")
     if task == "grounding":
         return GROUNDING_COLUMNS
+    if task == "video_retrieval":
+        return VIDEO_COLUMNS
     qtypes = sorted({k for row in results.values() for k in row if k.startswith("qtype/")})
     shown = qtypes if len(qtypes) <= MAX_QUESTION_TYPE_COLUMNS else []
     return ("overall", *VQA_TYPES, *shown, "heldout", "n")
@@ -135,9 +159,11 @@ def evaluate_task_checkpoint(path: str | Path, overrides: list[str], output_dir:
 
     path = ckpt.resolve_checkpoint(str(path))
     module, saved = load_task_module(path)
-    zero_shot = task == "grounding" and not saved.task.name  # a pre-trained model's own ITM maps, not fine-tuned
+    zero_shot = task in ZERO_SHOT_TASKS and not saved.task.name  # a pre-trained model as it is, not fine-tuned
     if zero_shot:
-        saved.task.name = "grounding"
+        saved.task.name = task
+        if task == "video_retrieval":
+            module = clip_model_from_image_checkpoint(path, saved, apply_overrides(saved, overrides).task.frames)
     if task is not None and saved.task.name != task:
         raise ConfigError(f"{path} is a {saved.task.name or 'pre-training'} checkpoint, not a {task} one")
     cfg = apply_overrides(saved, overrides)

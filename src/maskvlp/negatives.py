@@ -32,7 +32,7 @@ ATTRIBUTE_WORDS: dict[str, tuple[str, ...]] = {
 # Spatial (and temporal) words and their converses; one is replaced by the other.
 CONVERSE_WORDS: tuple[tuple[str, str], ...] = (
     ("left", "right"), ("above", "below"), ("over", "under"), ("top", "bottom"), ("inside", "outside"),
-    ("before", "after"), ("larger", "smaller"), ("bigger", "smaller"),
+    ("before", "after"), ("larger", "smaller"), ("bigger", "smaller"), ("up", "down"), ("upwards", "downwards"),
 )
 # An objective's ``text_negatives`` parameter is "none" or "swap" (this module's perturbation); its valid
 # values are declared with the objectives' parameters, maskvlp.config.objective_params.TEXT_NEGATIVES.

@@ -19,14 +19,14 @@ from maskvlp.config.objective_params import (
     ObjectiveParams, SCLParams, SemMIMParams, SimlaMIMParams, SimlaPSLParams, objective_params,
 )
 from maskvlp.config.schema import (
-    BATCHINGS, DATA_SOURCES, FUSION_MODES, ITM_SCORES, MODEL_SIZES, OVERLAPPING_STEMS, PRECISIONS, STEM_INITS,
+    BATCHINGS, DATA_SOURCES, FRAME_SAMPLINGS, FUSION_MODES, ITM_SCORES, MODEL_SIZES, OVERLAPPING_STEMS, PRECISIONS, STEM_INITS,
     STEMS, TASK_SOURCES, TASKS, TEXT_INITS, DataConfig, EvalConfig, FusionConfig, ModelConfig, ObjectiveConfig,
     RunConfig, TaskConfig, TextConfig,
     TrainConfig, VisionConfig, WorldConfig, model_size,
 )
 
 __all__ = [
-    "BATCHINGS", "DATA_SOURCES", "FUSION_MODES", "ITM_SCORES", "MODEL_SIZES", "OBJECTIVE_NAMES", "OBJECTIVE_PARAMS",
+    "BATCHINGS", "DATA_SOURCES", "FRAME_SAMPLINGS", "FUSION_MODES", "ITM_SCORES", "MODEL_SIZES", "OBJECTIVE_NAMES", "OBJECTIVE_PARAMS",
     "OVERLAPPING_STEMS", "PRECISIONS", "RANGES", "SECTIONS", "STEM_INITS", "STEMS", "TASK_SOURCES", "TASKS", "TEXT_INITS",
     "TEXT_NEGATIVES",
     "ConfigError", "DataConfig", "EvalConfig", "FusionConfig", "ITCParams", "ITMParams", "MAMOParams", "MLIMParams",

@@ -11,7 +11,7 @@ from maskvlp.config.objective_params import (
 )
 from maskvlp.config.rules import Rule, above, at_least, check_choice, check_rule, within
 from maskvlp.config.schema import (
-    BATCHINGS, DATA_SOURCES, FUSION_MODES, ITM_SCORES, PRECISIONS, STEM_INITS, STEMS, TASK_SOURCES, TASKS, TEXT_INITS,
+    BATCHINGS, DATA_SOURCES, FRAME_SAMPLINGS, FUSION_MODES, ITM_SCORES, PRECISIONS, STEM_INITS, STEMS, TASK_SOURCES, TASKS, TEXT_INITS,
     RunConfig,
 )
 
@@ -134,3 +134,7 @@ def _check_task(cfg: RunConfig) -> None:
             raise ConfigError(f"task.box_alpha must be >= 0, got {task.box_alpha}")
         if task.train_scenes < 1:
             raise ConfigError(f"task.train_scenes must be >= 1, got {task.train_scenes}")
+    if task.name == "video_retrieval":
+        check_choice("task.frame_sampling", task.frame_sampling, FRAME_SAMPLINGS)
+        if task.frames < 1 or task.train_clips < 1:
+            raise ConfigError(f"task.frames and task.train_clips must be >= 1, got {task.frames}, {task.train_clips}")

@@ -130,6 +130,7 @@ class WorldConfig:
     min_objects: int = 1
     max_objects: int = 4
     heldout_pairs: int = 3  # colour-shape combinations never seen in training
+    clip_frames: int = 8  # frames of a synthetic video clip (moving objects)
 
 
 BATCHINGS = ("random", "lexical")
@@ -222,7 +223,8 @@ class EvalConfig:
 # --------------------------------------------------------------------------------------------
 # Downstream tasks
 # --------------------------------------------------------------------------------------------
-TASKS = ("retrieval", "vqa", "nlvr2", "grounding")
+TASKS = ("retrieval", "vqa", "nlvr2", "grounding", "video_retrieval")
+FRAME_SAMPLINGS = ("random", "uniform")
 TASK_SOURCES = ("synthetic", "files")
 
 
@@ -234,7 +236,7 @@ class TaskConfig:
     the answer vocabulary and the pre-trained checkpoint it started from (``init_*``).
     """
 
-    name: str = ""  # "" (pre-training) | retrieval | vqa | nlvr2 | grounding
+    name: str = ""  # "" (pre-training) | retrieval | vqa | nlvr2 | grounding | video_retrieval
     init_from: str = ""  # the pre-trained checkpoint folder it started from; "none": no vision-language pre-training
     init_recipe: str = ""  # recorded at the start: the pre-trained run's recipe and step
     init_step: int = -1
@@ -255,6 +257,10 @@ class TaskConfig:
     dets_file: str = ""  # grounding: candidate boxes, when not <refer_dir>/refcoco+/dets.json
     box_alpha: float = 0.5  # grounding: a box scores sum(map inside) / area ** alpha (ALBEF's evaluation: 0.5)
     cam_layer: int = -1  # grounding: the fusion layer Grad-CAM reads; -1: ALBEF's (index 2, or the last of a shallower fusion)
+    frames: int = 4  # video: frames per clip (SCL: 4); the model's vision.max_frames is raised to it
+    frame_sampling: str = "random"  # video training: one random frame per segment (SCL) | uniform (segment middles); tests: uniform
+    train_clips: int = 3000  # synthetic video: training clips of moving objects
+    twins_file: str = ""  # video on files: [[video_id, twin video_id], ...] pairs scored as motion twins (optional)
 
 
 @dataclass

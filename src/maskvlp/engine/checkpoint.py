@@ -134,11 +134,14 @@ def resolve_checkpoint(spec: str, output_dir: Path | None = None) -> Path:
     raise CheckpointError(f"{spec} is neither a checkpoint folder (with model.safetensors) nor a run folder with checkpoints")
 
 
-def load_weights(path: Path, module: torch.nn.Module) -> None:
+def load_weights(path: Path, module: torch.nn.Module, may_lack: tuple[str, ...] = ()) -> None:
+    """The checkpoint's weights into ``module``, every name matched; names ending in one of ``may_lack``
+    may be absent from the checkpoint (they keep the module's own values)."""
     try:
         missing, unexpected = load_model(module, str(Path(path) / "model.safetensors"), strict=False)
     except Exception as err:  # safetensors raises plain Exceptions on corrupt files
         raise CheckpointError(f"cannot read {path}/model.safetensors: {err}") from None
+    missing = [name for name in missing if not name.endswith(may_lack)] if may_lack else missing
     if missing or unexpected:
         raise CheckpointError(
             f"checkpoint {path} does not fit this model: missing {sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}")

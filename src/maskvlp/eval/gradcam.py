@@ -66,7 +66,9 @@ def itm_gradcam(model: VLPModel, images: torch.Tensor, input_ids: torch.Tensor, 
         logits = model.itm_head(model.pool_text(x, attention_mask)).float()
         (grad,) = torch.autograd.grad(logits[:, 1].sum(), weights)
     model.train(was_training)
-    cams = (weights.detach() * grad.clamp(min=0)).mean(1)[..., 1:]  # (B, Lt, N): heads averaged, no image [CLS]
+    n = model.vision.num_patches
+    patches = model.vision.frames_in(image_tokens.shape[1], n) * n  # a clip's global and frame CLS come first
+    cams = (weights.detach() * grad.clamp(min=0)).mean(1)[..., -patches:]  # (B, Lt, T*N): heads averaged, no CLS
     cams = cams * mask[..., None]
     g = model.vision.grid
     token_maps = cams.reshape(*cams.shape[:2], -1, g, g).sum(2)  # frames of a clip add up (T = 1 for images)

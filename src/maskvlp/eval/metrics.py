@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -75,7 +76,14 @@ def _recalls(ranks: Tensor, ks: Sequence[int], prefix: str) -> dict[str, float]:
     """Percent of ranks below each k, plus their mean under ``{prefix}_r_mean``."""
     res = {f"{prefix}_r{k}": 100.0 * (ranks < k).double().mean().item() for k in ks}
     res[f"{prefix}_r_mean"] = sum(res.values()) / len(ks)
+    res[f"{prefix}_medr"] = median_rank(ranks)
     return res
+
+
+def median_rank(ranks: Tensor) -> float:
+    """MSR-VTT's MdR: the median of the 1-based ranks (numpy's median: the mean of the two middle values
+    for an even count), as CLIP4Clip's and Frozen-in-Time's ``compute_metrics``."""
+    return float(np.median(ranks.double().cpu().numpy())) + 1.0 if ranks.numel() else float("nan")
 
 
 def recall_at_k(sim: Tensor, txt2img: Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:

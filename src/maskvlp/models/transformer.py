@@ -17,9 +17,12 @@ AttentionRequest = Union[bool, Literal["self", "cross", "both"]]
 
 
 def _key_mask(mask: Tensor | None) -> Tensor | None:
-    """(B, Lk) key-padding mask (True/1 = attend) -> bool (B, 1, 1, Lk), broadcast over heads and queries."""
+    """(B, Lk) key-padding mask (True/1 = attend) -> bool (B, 1, 1, Lk), broadcast over heads and queries;
+    a (B, Lq, Lk) mask (which key each query may see: a video's frame pattern) -> (B, 1, Lq, Lk)."""
     if mask is None:
         return None
+    if mask.dim() == 3:
+        return mask.to(torch.bool)[:, None]
     return mask.to(torch.bool)[:, None, None, :]
 
 
@@ -40,8 +43,8 @@ class Packing:
 
     @staticmethod
     def for_mask(mask: Tensor | None) -> "Packing | None":
-        """A packing when ``mask`` (B, L) has padding, else None (nothing to skip)."""
-        if mask is None or bool(mask.all()):
+        """A packing when ``mask`` (B, L) has padding, else None (nothing to skip, or a (B, L, L) pattern)."""
+        if mask is None or mask.dim() != 2 or bool(mask.all()):
             return None
         return Packing(mask.to(torch.bool))
 

@@ -5,10 +5,17 @@
 * ``keep_idx``: only the kept patches enter the encoder, after positions are added (MAE / FLIP
   style); this is the cheap path since attention cost falls with the square of the kept count.
 
-Video: with ``cfg.max_frames > 1`` the input may be (B, T, 3, H, W); the patch tokens of all frames
-are concatenated (frame-major) and each frame's tokens get its temporal embedding. A (B, 3, H, W)
-picture is a one-frame video. ``mask`` and ``keep_idx`` index that concatenated sequence, so for
-pictures they index the N patches directly.
+Video, SCL's flexible encoder (docs/methods.md, "SCL"): with ``cfg.max_frames > 1`` the input may be
+(B, T, 3, H, W). Every frame is patch-embedded alone and gets its own CLS token; the spatial positions
+are shared by the frames and a learned temporal embedding per frame index is added to every token of
+the frame, its CLS included. In every block a frame's CLS attends to all tokens of all frames and a
+patch token only to its own frame (its CLS and patches), so the frames talk through their CLS tokens
+and the cost stays near T separate pictures. The output is ``[mean of the frame CLS, CLS_1..CLS_T,
+patches of frame 1, ..., frame T]``: position 0 is the clip's global feature (SCL's ITC embedding and
+pooler average the frame CLS), so everything that reads ``tokens[:, 0]`` works on clips. A (B, 3, H, W)
+picture, or a one-frame clip, is the plain ViT: ``[CLS, patches]``, exactly the image path. ``mask``
+and ``keep_idx`` index the concatenated patch sequence (T*N), so for pictures they index the N patches
+directly.
 """
 from __future__ import annotations
 
@@ -26,7 +33,8 @@ from maskvlp.models.transformer import Block, init_weights
 
 @dataclass
 class VisionOutput:
-    tokens: Tensor  # (B, 1 + K, D) with keep_idx, else (B, 1 + T*N, D); CLS first, final LayerNorm applied
+    tokens: Tensor  # (B, 1 [+ T] + K, D) with keep_idx, else (B, 1 [+ T] + T*N, D); global CLS first, final LayerNorm
+    # applied; the T frame CLS tokens follow it for clips of T > 1 frames
     keep_idx: Tensor | None  # (B, K) indices of the kept patches, as given
     attention: Tensor | None = None  # last block's self-attention (B, heads, L, L) when asked for
 
@@ -244,12 +252,36 @@ class VisionTransformer(nn.Module):
         x = self.embed_patches(images, mask, hidden, stem_features)
         if keep_idx is not None:
             x = torch.gather(x, 1, keep_idx.unsqueeze(-1).expand(-1, -1, self.width))
-        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
-        x = torch.cat([cls.to(x.dtype), x], dim=1)
+        frames = images.shape[1] if images.dim() == 5 else 1
+        cls = self.cls_token + self.pos_embed[:, :1]
+        if self.temporal_embed is not None:
+            cls = cls + self.temporal_embed[:, :frames]  # (1, T, D): one CLS per frame
+        x = torch.cat([cls.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
+        pattern = self.frame_pattern(x.shape[0], frames, keep_idx, x.device) if frames > 1 else None
         attention = None
         for i, block in enumerate(self.blocks):
             if return_attention and i == len(self.blocks) - 1:
-                x, attention = block(x, return_attention=True)
+                x, attention = block(x, mask=pattern, return_attention=True)
             else:
-                x = block(x)
-        return VisionOutput(tokens=self.norm(x), keep_idx=keep_idx, attention=attention)
+                x = block(x, mask=pattern)
+        x = self.norm(x)
+        if frames > 1:
+            x = torch.cat([x[:, :frames].mean(1, keepdim=True), x], dim=1)
+        return VisionOutput(tokens=x, keep_idx=keep_idx, attention=attention)
+
+    def frame_pattern(self, batch: int, frames: int, keep_idx: Tensor | None, device: torch.device) -> Tensor:
+        """(B, L, L) bool, True = may attend, over ``[CLS_1..CLS_T, patches]``: a CLS sees every token, a patch
+        only the tokens of its own frame (SCL's video attention)."""
+        n = self.num_patches
+        patch_frame = (keep_idx if keep_idx is not None
+                       else torch.arange(frames * n, device=device).expand(batch, -1)) // n
+        token_frame = torch.cat([torch.arange(frames, device=device).expand(batch, -1), patch_frame], dim=1)
+        is_cls = torch.zeros_like(token_frame, dtype=torch.bool)
+        is_cls[:, :frames] = True
+        return is_cls[:, :, None] | (token_frame[:, :, None] == token_frame[:, None, :])
+
+    @staticmethod
+    def frames_in(tokens: int, num_patches: int) -> int:
+        """How many frames an encoded sequence of ``tokens`` holds with all patches kept: 1 for ``[CLS,
+        patches]``, T for ``[global, CLS_1..CLS_T, T*N patches]``."""
+        return (tokens - 1) // (num_patches + 1) if tokens > 1 + num_patches else 1

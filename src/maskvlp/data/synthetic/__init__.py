@@ -28,12 +28,16 @@ One module per job; this package re-exports the public names, so import from
 * :mod:`.statements`: NLVR2-style statements about scene pairs (:func:`write_statement`);
 * :mod:`.referring`: referring expressions that pick exactly one object, and candidate boxes, for
   grounding (:func:`write_referring`, :func:`referents`, :func:`candidate_boxes`);
-* :mod:`.task_export`: writing VQA v2, NLVR2, RefCOCO+ and ALBEF task files plus PNGs.
+* :mod:`.motion`: clips of one moving object and motion twins (same first frame, opposite
+  motion) for video-text retrieval (:class:`MotionClip`, ``SyntheticWorld.motion_clip``);
+* :mod:`.task_export`: writing VQA v2, NLVR2, RefCOCO+, MSR-VTT and ALBEF task files plus PNGs
+  (and video files for MSR-VTT).
 """
 from __future__ import annotations
 
 from maskvlp.data.synthetic.captions import write_captions
 from maskvlp.data.synthetic.export import export_albef_json
+from maskvlp.data.synthetic.motion import CLIP_FRAMES, DIRECTIONS, MotionClip
 from maskvlp.data.synthetic.probes import BindingProbe, colour_swap, reverse_relation
 from maskvlp.data.synthetic.referring import (
     ReferringExpression,
@@ -52,6 +56,7 @@ from maskvlp.data.synthetic.task_export import (
     export_albef_nlvr2,
     export_albef_vqa,
     export_karpathy_train,
+    export_msrvtt,
     export_nlvr2,
     export_refcoco,
     export_vqa_v2,
@@ -87,8 +92,10 @@ from maskvlp.data.synthetic.world import QUESTIONS_PER_SCENE, SyntheticWorld
 
 __all__ = [
     "ATTRIBUTES",
+    "CLIP_FRAMES",
     "COLOURS",
     "CONVERSE",
+    "DIRECTIONS",
     "EDGE_GAP",
     "LARGE_RADIUS",
     "MATERIALS",
@@ -108,6 +115,7 @@ __all__ = [
     "BindingProbe",
     "Caption",
     "CaptionSpec",
+    "MotionClip",
     "ObjectDescription",
     "PairClaim",
     "Query",
@@ -127,6 +135,7 @@ __all__ = [
     "export_albef_nlvr2",
     "export_albef_vqa",
     "export_karpathy_train",
+    "export_msrvtt",
     "export_nlvr2",
     "export_refcoco",
     "export_vqa_v2",

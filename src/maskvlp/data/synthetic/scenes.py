@@ -98,12 +98,14 @@ def _can_hold_out(pair: tuple[str, str], chosen: list[tuple[str, str]], fresh: b
     return shapes_left >= 1 and colours_left >= 1
 
 
-def _place(objs: list[dict], rng: np.random.Generator, tries: int = 300) -> list[dict]:
+def _place(objs: list[dict], rng: np.random.Generator, tries: int = 300,
+           fixed: Sequence[SceneObject] = ()) -> list[dict]:
     """Rejection-sample centres so boxes stay inside the image and apart; large objects first.
 
     An object that cannot be placed is shrunk to small, then dropped (never happens at <= 4).
+    ``fixed`` objects are obstacles only (e.g. every position of a moving object), never returned.
     """
-    placed: list[SceneObject] = []
+    placed: list[SceneObject] = list(fixed)
     out: list[dict] = []
     for spec in sorted(objs, key=lambda o: -o["radius"]):
         obj = _try_place(spec, placed, rng, tries)

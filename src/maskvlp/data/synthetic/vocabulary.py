@@ -46,6 +46,7 @@ SPLITS = ("train", "val", "test", "heldout")
 _SPLIT_CODES = {name: code for code, name in enumerate(SPLITS)}
 _STREAM_CAPTIONS, _STREAM_RENDER, _STREAM_PROBES, _STREAM_HELDOUT = 101, 102, 103, 104
 _STREAM_QUESTIONS, _STREAM_STATEMENTS, _STREAM_GROUNDING = 105, 106, 107
+_STREAM_MOTION = 108
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,6 +11,20 @@ import numpy as np
 
 from maskvlp.config import WorldConfig
 from maskvlp.data.synthetic.captions import write_captions
+from maskvlp.data.synthetic.motion import (
+    CLIP_FRAMES,
+    DIRECTIONS,
+    OPPOSITE,
+    MotionClip,
+    clip_scenes,
+    motion_captions,
+    moving,
+    nameable,
+    path,
+    place_mover,
+    travel,
+    with_object,
+)
 from maskvlp.data.synthetic.probes import BindingProbe, _colour_swap_probe, _relation_probe
 from maskvlp.data.synthetic.questions import Question, write_questions
 from maskvlp.data.synthetic.referring import (
@@ -29,6 +43,7 @@ from maskvlp.data.synthetic.vocabulary import (
     _SPLIT_CODES,
     _STREAM_CAPTIONS,
     _STREAM_GROUNDING,
+    _STREAM_MOTION,
     _STREAM_PROBES,
     _STREAM_QUESTIONS,
     _STREAM_RENDER,
@@ -48,6 +63,7 @@ from maskvlp.data.tasks.examples import GroundingExample, Nlvr2Example, VqaExamp
 QUESTIONS_PER_SCENE = 6
 _QUESTION_ID_STRIDE = 100  # question_id = scene index * stride + k, as VQA ids encode the image
 _GROUNDING_ATTEMPTS = 100  # redraws of a grounding scene whose target was dropped or cannot be referred to
+_MOTION_ATTEMPTS = 100  # redraws of a clip's scene whose mover no attribute phrase picks out
 _SHAPE_CONFUSER_SHARE = 1.0  # a grounding target's confuser shares its shape (else its colour): RefCOCO+ images hold several objects of the referred category
 
 
@@ -70,6 +86,10 @@ class SyntheticWorld:
         self._scenes: dict[str, list[Scene]] = {}
         self._captions: dict[Scene, list[Caption]] = {}
         self._grounding: dict[tuple[str, int], Scene] = {}
+        # frames per motion clip; WorldConfig has no such field (yet), so a config that gains one is honoured
+        self.clip_frames = int(cfg.clip_frames)
+        if self.clip_frames < 2:
+            raise ValueError(f"clip_frames must be >= 2, got {self.clip_frames}")
 
     def num_scenes(self, split: str) -> int:
         """Scenes in a split; "heldout" has as many as "test" (none when no pair is held out)."""
@@ -240,3 +260,63 @@ class SyntheticWorld:
         total = self.num_scenes("train")
         count = total if num_scenes is None else min(num_scenes, total)
         return [[e.text for e in self.referring(self.grounding_scene("train", i))] for i in range(count)]
+
+    # ----------------------------------------------------------------------------------------
+    # Motion clips (video)
+    # ----------------------------------------------------------------------------------------
+    def motion_clip(self, split: str, index: int) -> MotionClip:
+        """Clip ``index`` of ``split`` (its own generator): one object moves left, right, up or down;
+        in "heldout" the mover is a held-out pair, elsewhere every object is a seen pair."""
+        self._check_split(split)
+        rng = np.random.default_rng([self.seed, _STREAM_MOTION, _SPLIT_CODES[split], int(index)])
+        direction = _pick(rng, DIRECTIONS)
+        scene, mover, distance = self._motion_scene(split, f"clip-{split}-{int(index):06d}", _axis(direction), rng)
+        return self._clip(scene, mover, direction, distance)
+
+    def motion_twin(self, split: str, index: int) -> tuple[MotionClip, MotionClip]:
+        """Twin pair ``index`` of ``split``: the same first frame (same scene id, so the same pixels)
+        and mover, moving opposite ways; drawn apart from ``motion_clip(split, index)``."""
+        self._check_split(split)
+        rng = np.random.default_rng([self.seed, _STREAM_MOTION, _SPLIT_CODES[split], int(index), 1])
+        direction = _pick(rng, DIRECTIONS)
+        scene, mover, distance = self._motion_scene(split, f"twin-{split}-{int(index):06d}", _axis(direction), rng)
+        return self._clip(scene, mover, direction, distance), self._clip(scene, mover, OPPOSITE[direction], distance)
+
+    def render_clip(self, clip: MotionClip, frames: int | None = None) -> np.ndarray:
+        """uint8 [frames, S, S, 3] (``clip_frames`` by default; fewer or more sample the same motion).
+        Every frame is drawn from the same render generator, so only the mover changes."""
+        size = self.cfg.image_size
+        return np.stack([render_scene(s, size, self._scene_rng(_STREAM_RENDER, clip.scene))
+                         for s in clip_scenes(clip.scene, self.clip_frames, frames)])
+
+    def _motion_scene(self, split: str, scene_id: str, axis: str, rng: np.random.Generator) -> tuple[Scene, int, float]:
+        """A still first frame, its mover's index and travel: the mover's path either way along ``axis``
+        is clear of the others, and an attribute phrase picks the mover out. Redrawn until so."""
+        for _ in range(_MOTION_ATTEMPTS):
+            count = int(rng.integers(self.cfg.min_objects, self.cfg.max_objects + 1))
+            order = int(rng.integers(count))
+            pair = _pick(rng, sorted(self.heldout_pairs)) if split == "heldout" else None
+            spec = self._sample_object(order, rng, pair, split)
+            distance = travel(spec, axis)
+            start = place_mover(spec, axis, distance, rng)
+            others = [self._sample_object(k, rng, None, split) for k in range(count) if k != order]
+            placed = _place(others, rng, fixed=path(start, axis, distance))
+            mover = sum(o["order"] < order for o in placed)
+            objects = [o["obj"] for o in placed]
+            scene = Scene(scene_id, split, tuple(objects[:mover] + [start] + objects[mover:]))
+            if len(scene.objects) >= self.cfg.min_objects and nameable(scene, mover):
+                return scene, mover, distance
+        raise RuntimeError(f"no clip scene {scene_id} with a nameable mover in {_MOTION_ATTEMPTS} draws")
+
+    def _clip(self, scene: Scene, mover: int, direction: str, distance: float) -> MotionClip:
+        """The clip of a still scene's mover going ``direction``; captions from a generator keyed by the
+        scene, so twins' captions differ only in the direction."""
+        obj = moving(scene.objects[mover], direction, distance, self.clip_frames)
+        captions = motion_captions(scene, mover, direction, self.cfg.captions_per_scene,
+                                   self._scene_rng(_STREAM_MOTION, scene))
+        assert captions is not None  # _motion_scene keeps only nameable movers
+        return MotionClip(with_object(scene, mover, obj), mover, direction, captions, f"{scene.scene_id}-{direction}")
+
+
+def _axis(direction: str) -> str:
+    return "x" if direction in ("left", "right") else "y"

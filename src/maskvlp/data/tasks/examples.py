@@ -1,5 +1,5 @@
-"""Downstream task examples (VQA, NLVR2, grounding), one record per question, sentence or expression, as the
-readers return them.
+"""Downstream task examples (VQA, NLVR2, grounding, video captions), one record per question, sentence,
+expression or caption, as the readers return them.
 
 The file readers and the synthetic world both produce these records, so training, evaluation and
 the metrics never care where an example came from.
@@ -52,3 +52,14 @@ class GroundingExample:
     heldout: bool = False  # synthetic: the referred object is a held-out colour-shape pair
     confused: bool = False  # synthetic: another object in the scene shares the referred object's shape or colour
     kind: str = ""  # synthetic: "attributes" (the object's own words pick it) | "relation" (a relation to another does)
+
+
+@dataclass(frozen=True)
+class VideoCaption:
+    """One caption of one video clip (MSR-VTT style video-text retrieval)."""
+
+    video: str | int  # a file path (already joined to the video root), or a synthetic clip index
+    caption: str
+    video_id: str  # MSR-VTT's "video<k>"; captions of one video share it
+    split: str = ""  # "train" | "test" (MSR-VTT's own split field) when the file says
+    twin: str = ""  # synthetic: the video_id of its motion twin (same first frame, opposite motion)
