@@ -23,8 +23,11 @@ COLUMNS = (
     ("nlvr2", "heldout", "heldout", "NLVR2 held-out pairs"),
     ("retrieval", "itm k=8", "img_r1", "R@1 t->i (ITM)"),
     ("retrieval", "itc", "img_r1", "R@1 t->i (ITC)"),
-    ("grounding", "test", "accuracy", "grounding acc"),
-    ("grounding", "heldout", "accuracy", "grounding held-out pairs"),
+    ("grounding", "· test", "accuracy", "grounding acc"),
+    ("grounding", "· heldout", "accuracy", "grounding held-out pairs"),
+    ("video_retrieval", "T=4 · test · itc", "img_r1", "video R@1 (ITC)"),
+    ("video_retrieval", "T=4 · test · itc", "twins", "motion twins (ITC)"),
+    ("video_retrieval", "T=1 · test · itc", "twins", "motion twins, 1 frame (ITC)"),
 )
 
 

@@ -25,8 +25,12 @@ TASK_COLUMNS = (
     ("vqa", "test", "overall", "VQA acc"), ("vqa", "test", "qtype/colour", "VQA colour"),
     ("vqa", "test", "qtype/relation", "VQA relation"), ("vqa", "heldout", "heldout", "VQA held-out pairs"),
     ("nlvr2", "test", "accuracy", "NLVR2 acc"), ("nlvr2", "heldout", "heldout", "NLVR2 held-out pairs"),
+    ("grounding", "fine-tuned · test", "accuracy", "grounding acc"),
+    ("grounding", "fine-tuned · heldout", "accuracy", "grounding held-out pairs"),
+    ("video_retrieval", "T=4 · test · itc", "img_r1", "video R@1 (ITC, 4 frames)"),
+    ("video_retrieval", "T=4 · test · itc", "twins", "motion twins (ITC, 4 frames)"),
 )
-ABLATION_TASKS = ("vqa", "nlvr2")
+ABLATION_TASKS = ("vqa", "nlvr2", "grounding", "video_retrieval")
 
 
 def parse_seeds(text: str) -> list[int]:

@@ -212,7 +212,7 @@ def ablate(
     seeds: str = typer.Option("3", help="a count (3 -> seeds 0,1,2) or a comma list of training seeds (0,3)"),
     budget: float = typer.Option(300.0, help="training wall-clock seconds per run (0: use --steps)"),
     steps: int = typer.Option(0, help="training steps per run instead of a wall-clock budget (with --budget 0)"),
-    tasks: str = typer.Option("", help="fine-tune these tasks from every run too (vqa,nlvr2), into <run>/tasks/"),
+    tasks: str = typer.Option("", help="fine-tune these tasks from every run too (vqa,nlvr2,grounding,video_retrieval), into <run>/tasks/"),
     task_override: Optional[list[str]] = typer.Option(
         None, help="key=value for every task fine-tune (repeatable), e.g. train.time_budget=0 train.max_steps=400"),
     output_dir: str = typer.Option("runs/ablate", help="where runs, the table and the plot go"),
