@@ -104,3 +104,20 @@ def test_bad_grounding_settings_are_refused(tmp_path, bad):
 
     with pytest.raises(ConfigError):
         _cfg(tmp_path, "none", bad)
+
+
+def test_api_ground_picks_the_box_the_evaluation_picks(tmp_path):
+    """model.ground() on a fine-tuned checkpoint chooses, per expression, the candidate the evaluation chose."""
+    import maskvlp
+    from maskvlp.data.tokenizer import load_tokenizer
+    from maskvlp.tasks import grounding
+
+    cfg = _cfg(tmp_path, "none", "train.max_steps=2")
+    finetune_and_evaluate(cfg, evaluate=False, show_progress=False)
+    model = maskvlp.load(cfg.output_dir)
+    (test, _) = grounding.evaluation_sets(model.config)
+    examples = test.examples[:5]
+    pictures = [test.images.picture(e.image) for e in examples]
+    chosen = model.ground(pictures, [e.text for e in examples], [e.candidates for e in examples])
+    expected, _ = grounding.predict(model.module, examples, test.images, load_tokenizer(), model.config)
+    assert [examples[i].candidates[c] for i, c in enumerate(chosen)] == [expected[e.ref_id][0] for e in examples]

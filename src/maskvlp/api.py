@@ -8,6 +8,8 @@ tensor([...])
 ['red']
 >>> maskvlp.load("runs/nlvr2-from-albef-tiny").verify([("a.png", "b.png")], ["both images contain a star"])
 [True]
+>>> maskvlp.load("runs/grounding-from-albef-tiny").ground(["a.png"], ["the red circle"], [[[4, 4, 20, 20], [30, 8, 16, 16]]])
+[0]
 """
 from __future__ import annotations
 
@@ -56,6 +58,18 @@ def _check_images(images: Sequence[ImageLike], size: int) -> None:
         raise ValueError(f"images must be a list of images, not a single {type(images).__name__}")
     for i, img in enumerate(images):
         _check_image(i, img, size)
+
+
+def _size(img: ImageLike, tensor_size: int) -> tuple[int, int]:
+    """(width, height) of an image as given: a tensor is already at the model's size."""
+    if isinstance(img, torch.Tensor):
+        return tensor_size, tensor_size
+    if isinstance(img, (str, Path)):
+        with Image.open(img) as f:
+            return f.size
+    if isinstance(img, Image.Image):
+        return img.size
+    return int(img.shape[1]), int(img.shape[0])
 
 
 class LoadedModel:
@@ -169,6 +183,24 @@ class LoadedModel:
                 raise ValueError(f"text {i} ({texts[i]!r}) has no word {word!r}")
             maps.append(cam.token_maps[i, at[0]:at[0] + len(pieces)].mean(0))
         return torch.stack(maps).cpu(), cam.match.cpu()
+
+    def ground(self, images: Sequence[ImageLike], texts: Sequence[str],
+               candidates: Sequence[Sequence[Sequence[float]]], alpha: float | None = None) -> list[int]:
+        """For each (image, referring expression), the index of the candidate box (COCO ``[x, y, w, h]`` in the
+        image's own pixels) where the Grad-CAM map of the ITM score is densest: ALBEF's weakly-supervised
+        grounding (docs/tasks.md, "Grounding"). ``alpha``: the box score's area exponent (default: the
+        checkpoint's ``task.box_alpha``, 0.5)."""
+        from maskvlp.eval.grounding_metric import choose_box, map_at_image_size
+
+        if len(candidates) != len(images) or any(len(c) == 0 for c in candidates):
+            raise ValueError("ground() takes one non-empty list of candidate boxes per image")
+        maps, _ = self.explain(images, texts)
+        alpha = self.config.task.box_alpha if alpha is None else alpha
+        chosen = []
+        for img, cam, boxes in zip(images, maps, candidates):
+            width, height = _size(img, self.config.model.vision.image_size)
+            chosen.append(choose_box(map_at_image_size(cam, height, width), [tuple(b) for b in boxes], alpha))
+        return chosen
 
     def _task(self, name: str, method: str) -> None:
         if self.config.task.name != name:
