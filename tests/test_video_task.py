@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from conftest import TINY
 from maskvlp.engine.trainer import train
 from maskvlp.finetuning import evaluate_task_checkpoint, finetune_and_evaluate, prepare
@@ -63,4 +65,12 @@ def test_a_pretrained_image_model_reads_clips_zero_shot(tmp_path):
     assert {"pre-trained (no fine-tuning) T=2 · test · itc", "pre-trained (no fine-tuning) T=1 · test · itc"} <= set(rows)
     cfg = _cfg(tmp_path, str(tmp_path / "pre"), "train.max_steps=1")
     assert cfg.model.vision.max_frames == 2 and cfg.task.init_recipe == "albef"
-    finetune_and_evaluate(cfg, evaluate=False, show_progress=False)  # the temporal embedding starts fresh
+    from maskvlp.data.tokenizer import load_tokenizer
+    from maskvlp.engine.trainer import text_specials
+    from maskvlp.finetuning import _job_for
+
+    job, _ = _job_for(cfg, False)
+    weights = job.build_module(cfg, text_specials(load_tokenizer()), True).state_dict()
+    # the temporal embedding starts fresh, and its EMA copy starts equal to it (distillation reads the teacher)
+    assert torch.equal(weights["model.vision.temporal_embed"], weights["model.teacher.models.vision.temporal_embed"])
+    finetune_and_evaluate(cfg, evaluate=False, show_progress=False)

@@ -25,7 +25,8 @@ NONE = "none"
 # weights tied in a pre-trained model (BERT's MLM decoder is its word embedding): safetensors stores one name
 # of each tied pair, so a task module without that head must find its word embeddings under the other name
 TIED = {"mlm_head.decoder.weight": ("text.word_embeddings.weight", "text.embeddings.word_embeddings.weight")}
-INHERITED = ("model.", "data.world.")  # settings a fine-tuning run takes from its pre-trained run
+INHERITED = ("model.", "data.world.")
+TEACHER_PREFIX = "teacher.models."  # model.teacher.models.vision.x is the EMA copy of model.vision.x  # settings a fine-tuning run takes from its pre-trained run
 
 
 def task_recipe(task: str) -> str:
@@ -129,6 +130,11 @@ def load_start_weights(module: nn.Module, cfg: RunConfig) -> tuple[list[str], li
         from maskvlp.models.teacher import EMATeacher
 
         model.teacher = EMATeacher(model.teacher_students(), model.cfg.momentum)
+    else:  # a fresh part the checkpoint lacks (a video model's temporal embedding): its EMA copy starts equal
+        for name in fresh:
+            student = name.replace(TEACHER_PREFIX, "", 1)
+            if TEACHER_PREFIX in name and student in own:
+                own[name].copy_(own[student])
     return sorted(loaded), fresh
 
 
