@@ -6,7 +6,6 @@ retrieval is evaluated beside the zero-shot figure of the checkpoint it started 
 """
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +15,14 @@ from maskvlp.config import ConfigError, RunConfig, apply_overrides, from_yaml
 from maskvlp.distributed import init_distributed
 from maskvlp.engine import checkpoint as ckpt
 from maskvlp.engine.job import Job
-from maskvlp.engine.logging import console, print_line
-from maskvlp.engine.trainer import PRETRAINING, TrainResult, text_specials, train
+from maskvlp.engine.logging import print_line
+from maskvlp.engine.trainer import TrainResult, text_specials, train
 from maskvlp.eval.report import print_table, write_report
 from maskvlp.pipeline import evaluate_modules, load_pretrainer
 from maskvlp.tasks import grounding, nlvr2, video_retrieval, vqa
+from maskvlp.tasks.common import pretraining_module_job, status
 from maskvlp.tasks.modules import Nlvr2Module, VqaModule
-from maskvlp.tasks.start import (
-    NONE, finetune_config, start_module, starts_from_checkpoint, task_optimizer,
-)
+from maskvlp.tasks.start import NONE, finetune_config, starts_from_checkpoint
 
 VQA_TYPES = ("type/yes/no", "type/number", "type/other")
 PRETRAINING_MODULE_TASKS = ("retrieval", "grounding", "video_retrieval")  # fine-tuned as pre-training's own module
@@ -50,17 +48,6 @@ def prepare(task: str, source: str, overrides: list[str], size: str | None = Non
     return cfg
 
 
-def _retrieval_job(cfg: RunConfig) -> Job:
-    from dataclasses import replace
-
-    from maskvlp.engine.pretrainer import Pretrainer
-
-    def build(cfg: RunConfig, specials, start: bool) -> Pretrainer:
-        return start_module(lambda unimodal: Pretrainer(cfg, specials, load_pretrained=unimodal), cfg, start)
-
-    return replace(PRETRAINING, build_module=build, build_optimizer=task_optimizer)
-
-
 def _job_for(cfg: RunConfig, show_progress: bool) -> tuple[Job, list[str]]:
     """The task's engine job, its training set built, and what building it left out. A VQA run's answer
     vocabulary is taken from its training set here, before the run's config is saved with it."""
@@ -76,10 +63,10 @@ def _job_for(cfg: RunConfig, show_progress: bool) -> tuple[Job, list[str]]:
     if cfg.task.name == "nlvr2":
         return nlvr2.job(cfg, nlvr2.training_set(cfg, show_progress)), []
     if cfg.task.name == "grounding":
-        return grounding.job(cfg, grounding.training_set(cfg, show_progress)), []
+        return pretraining_module_job(grounding.training_set(cfg, show_progress)), []
     if cfg.task.name == "video_retrieval":
-        return video_retrieval.job(cfg, video_retrieval.training_set(cfg, show_progress)), []
-    return _retrieval_job(cfg), []
+        return pretraining_module_job(video_retrieval.training_set(cfg, show_progress)), []
+    return pretraining_module_job(), []
 
 
 def finetune_and_evaluate(cfg: RunConfig, resume: str | None = None, evaluate: bool = True,
@@ -180,8 +167,7 @@ def evaluate_task_checkpoint(path: str | Path, overrides: list[str], output_dir:
         return evaluate_modules(models, cfg, out, title, show_progress, notes)
     tokenizer = load_tokenizer()
     runner = RUNNERS[cfg.task.name]
-    status = console.status("building the evaluation sets") if show_progress else contextlib.nullcontext()
-    with status:
+    with status(show_progress, "building the evaluation sets"):
         sets = runner.evaluation_sets(cfg)
     label = "question only" if cfg.task.blind else "pre-trained (no fine-tuning)" if zero_shot else "fine-tuned"
     results, skipped = runner.evaluate(module, sets, tokenizer, cfg, label)

@@ -14,6 +14,7 @@ from maskvlp.engine.logging import console
 from maskvlp.engine.precision import autocast, resolve_precision
 
 if TYPE_CHECKING:
+    from maskvlp.engine.job import Job
     from maskvlp.data.synthetic import SyntheticWorld
 
 SYNTHETIC_TEST_SPLITS = ("test", "heldout")  # heldout: every scene holds a colour-shape pair never trained on
@@ -26,6 +27,28 @@ class EvalSet:
     name: str
     examples: list[Any]
     images: TaskImages
+
+
+def status(show: bool, what: str) -> contextlib.AbstractContextManager:
+    """A spinner saying ``what`` while a slow step runs, or nothing when progress is not shown."""
+    return console.status(what) if show else contextlib.nullcontext()
+
+
+def pretraining_module_job(train_set: Any = None) -> "Job":
+    """The engine job of a task fine-tuned as pre-training's own module (retrieval, grounding, video): the
+    module started from the run's checkpoint (:func:`start_module`), the task optimizer, and ``train_set``
+    (pre-training's own training set when None)."""
+    from dataclasses import replace
+
+    from maskvlp.engine.pretrainer import Pretrainer
+    from maskvlp.engine.trainer import PRETRAINING
+    from maskvlp.tasks.start import start_module, task_optimizer
+
+    def build(cfg: RunConfig, specials, start: bool) -> Pretrainer:
+        return start_module(lambda unimodal: Pretrainer(cfg, specials, load_pretrained=unimodal), cfg, start)
+
+    job = replace(PRETRAINING, build_module=build, build_optimizer=task_optimizer)
+    return job if train_set is None else replace(job, build_dataset=lambda cfg: train_set)
 
 
 def world_for(cfg: RunConfig, test_scenes: int | None = None) -> "SyntheticWorld":
@@ -49,8 +72,7 @@ def rendered_split(world: "SyntheticWorld", split: str, num_scenes: int | None, 
     from maskvlp.data.datasets import _render_all
 
     scenes = world.scenes(split)[:num_scenes]
-    status = console.status(f"rendering {len(scenes):,} {split} scenes") if show_progress else contextlib.nullcontext()
-    with status:
+    with status(show_progress, f"rendering {len(scenes):,} {split} scenes"):
         return TaskImages(image_size, _render_all(world, scenes, None, None))
 
 

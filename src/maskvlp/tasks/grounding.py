@@ -8,9 +8,7 @@ testA, testB), each beside the floors of a random, the largest and the centre-mo
 """
 from __future__ import annotations
 
-import contextlib
 from collections import defaultdict
-from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -18,25 +16,16 @@ import numpy as np
 import torch
 
 from maskvlp.config import ConfigError, RunConfig
-from maskvlp.data.batch import TextSpecials
 from maskvlp.data.datasets import AlbefJsonDataset, _render_all
 from maskvlp.data.tasks.examples import Box, GroundingExample
 from maskvlp.data.tasks.grounding_data import GroundingTrainSet, SizedImages
 from maskvlp.data.tasks.refcoco_files import ReferFolder, read_grounding_test
 from maskvlp.data.tokenizer import Tokenizer
-from maskvlp.engine.job import Job
-from maskvlp.engine.logging import console
 from maskvlp.engine.pretrainer import Pretrainer
-from maskvlp.engine.trainer import PRETRAINING
 from maskvlp.eval.gradcam import itm_gradcam
 from maskvlp.eval.heatmap import save_grounding_grid
 from maskvlp.eval.grounding_metric import FLOORS, choose_box, floor_hits, hit, map_at_image_size
-from maskvlp.tasks.common import EvalSet, batched, evaluate_sets, load_rows, synthetic_test_splits, world_for
-from maskvlp.tasks.start import start_module, task_optimizer
-
-
-def _status(show: bool, what: str):
-    return console.status(what) if show else contextlib.nullcontext()
+from maskvlp.tasks.common import EvalSet, batched, evaluate_sets, load_rows, status, synthetic_test_splits, world_for
 
 
 def training_set(cfg: RunConfig, show_progress: bool = False):
@@ -44,7 +33,7 @@ def training_set(cfg: RunConfig, show_progress: bool = False):
     ``refcoco+_train.json`` files (``{"image", "text"}``) read as pre-training reads its lists."""
     if cfg.task.source == "synthetic":
         world = world_for(cfg)
-        with _status(show_progress, f"writing and rendering {cfg.task.train_scenes:,} grounding scenes"):
+        with status(show_progress, f"writing and rendering {cfg.task.train_scenes:,} grounding scenes"):
             texts = world.grounding_training_texts(cfg.task.train_scenes)
             scenes = [world.grounding_scene("train", i) for i in range(len(texts))]
             images = _render_all(world, scenes, None, None)
@@ -56,13 +45,6 @@ def training_set(cfg: RunConfig, show_progress: bool = False):
                             cfg.data.crop_scale_min, cfg.data.hflip, seed=cfg.train.seed, text_key="text")
 
 
-def job(cfg: RunConfig, train_set) -> Job:
-    def build(cfg: RunConfig, specials: TextSpecials, start: bool) -> Pretrainer:
-        return start_module(lambda unimodal: Pretrainer(cfg, specials, load_pretrained=unimodal), cfg, start)
-
-    return replace(PRETRAINING, build_dataset=lambda cfg: train_set, build_module=build, build_optimizer=task_optimizer)
-
-
 def evaluation_sets(cfg: RunConfig, show_progress: bool = False) -> list[EvalSet]:
     """One expression about each of the world's first ``eval.num_images`` test (and held-out) grounding
     scenes, or ``task.test_files`` split by the split each reference names."""
@@ -70,7 +52,7 @@ def evaluation_sets(cfg: RunConfig, show_progress: bool = False) -> list[EvalSet
         world = world_for(cfg, test_scenes=cfg.eval.num_images)
         sets = []
         for split, num in synthetic_test_splits(world, cfg.eval.num_images):
-            with _status(show_progress, f"writing and rendering {num:,} {split} grounding scenes"):
+            with status(show_progress, f"writing and rendering {num:,} {split} grounding scenes"):
                 examples = world.grounding_examples(split, num)
                 images = _render_all(world, [world.grounding_scene(split, i) for i in range(num)], None, None)
             sets.append(EvalSet(split, examples, SizedImages(cfg.model.vision.image_size, images)))

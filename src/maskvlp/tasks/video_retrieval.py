@@ -10,16 +10,14 @@ converse: is a clip's caption scored above the same caption with its direction r
 """
 from __future__ import annotations
 
-import contextlib
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
 from maskvlp.config import ConfigError, RunConfig
-from maskvlp.data.batch import TextSpecials
 from maskvlp.data.datasets import PretrainDataset
 from maskvlp.data.retrieval_sets import RetrievalSet, _index_captions
 from maskvlp.data.tasks.examples import VideoCaption
@@ -27,13 +25,9 @@ from maskvlp.data.tasks.msrvtt_files import read_msrvtt, read_twins
 from maskvlp.data.tokenizer import Tokenizer
 from maskvlp.data.transforms import to_tensor
 from maskvlp.data.video import read_video, sample_frame_indices
-from maskvlp.engine.job import Job
-from maskvlp.engine.logging import console
 from maskvlp.engine.pretrainer import Pretrainer
-from maskvlp.engine.trainer import PRETRAINING
 from maskvlp.eval.retrieval import encode_images, encode_texts, evaluate_retrieval, itm_scorer
-from maskvlp.tasks.common import synthetic_test_splits, world_for
-from maskvlp.tasks.start import start_module, task_optimizer
+from maskvlp.tasks.common import status, synthetic_test_splits, world_for
 
 _REVERSE = {"left": "right", "right": "left", "up": "down", "down": "up", "upwards": "downwards",
             "downwards": "upwards", "leftwards": "rightwards", "rightwards": "leftwards"}
@@ -86,8 +80,7 @@ def training_set(cfg: RunConfig, show_progress: bool = False) -> VideoTrainSet:
     """The world's clips of moving objects, or MSR-VTT-style annotation files (their train split)."""
     if cfg.task.source == "synthetic":
         world = world_for(cfg)
-        status = console.status(f"rendering {cfg.task.train_clips:,} training clips") if show_progress else contextlib.nullcontext()
-        with status:
+        with status(show_progress, f"rendering {cfg.task.train_clips:,} training clips"):
             clips = [world.motion_clip("train", i) for i in range(cfg.task.train_clips)]
             frames = np.stack([world.render_clip(c) for c in clips])
         return VideoTrainSet(frames, [c.captions for c in clips], cfg.task.frames, cfg.task.frame_sampling,
@@ -100,13 +93,6 @@ def training_set(cfg: RunConfig, show_progress: bool = False) -> VideoTrainSet:
         by_video.setdefault(str(entry.video), []).append(entry.caption)
     return VideoTrainSet(list(by_video), list(by_video.values()), cfg.task.frames, cfg.task.frame_sampling,
                          cfg.model.vision.image_size, cfg.train.seed)
-
-
-def job(cfg: RunConfig, train_set: VideoTrainSet) -> Job:
-    def build(cfg: RunConfig, specials: TextSpecials, start: bool) -> Pretrainer:
-        return start_module(lambda unimodal: Pretrainer(cfg, specials, load_pretrained=unimodal), cfg, start)
-
-    return replace(PRETRAINING, build_dataset=lambda cfg: train_set, build_module=build, build_optimizer=task_optimizer)
 
 
 @dataclass
@@ -158,8 +144,7 @@ def evaluation_sets(cfg: RunConfig, show_progress: bool = False) -> list[VideoEv
     videos of ``task.test_files``."""
     if cfg.task.source == "synthetic":
         world = world_for(cfg, test_scenes=cfg.eval.num_images)
-        status = console.status("rendering the test clips") if show_progress else contextlib.nullcontext()
-        with status:
+        with status(show_progress, "rendering the test clips"):
             return [_synthetic_set(world, split, max(1, num // 2)) for split, num in
                     synthetic_test_splits(world, cfg.eval.num_images)]
     if not cfg.task.test_files:
@@ -169,15 +154,15 @@ def evaluation_sets(cfg: RunConfig, show_progress: bool = False) -> list[VideoEv
     return [_file_set(entries, cfg.task.twins_file, cfg.model.vision.image_size)]
 
 
-def _retrieval_set(eval_set: VideoEvalSet, frames: int) -> tuple[RetrievalSet, int]:
-    """The readable clips at ``frames`` frames as a retrieval set, and how many were skipped."""
+def _retrieval_set(eval_set: VideoEvalSet, frames: int) -> tuple[RetrievalSet, list[int]]:
+    """The readable clips at ``frames`` frames as a retrieval set, and which clips of the set they are."""
     kept = [i for i in range(len(eval_set.captions)) if eval_set.load(i, frames) is not None]
     texts, txt2img, img2txt = _index_captions([[eval_set.captions[i]] for i in kept])
     probes = [(k, "motion", eval_set.captions[i], reverse_motion(eval_set.captions[i])) for k, i in enumerate(kept)
               if reverse_motion(eval_set.captions[i]) != eval_set.captions[i]]
     clips = [eval_set.load(i, frames) for i in kept]
     rset = RetrievalSet(clips, len(kept), texts, txt2img, img2txt, len(eval_set.captions) - len(kept), None, probes)
-    return rset, len(eval_set.captions) - len(kept)
+    return rset, kept
 
 
 def twin_accuracy(model, rset: RetrievalSet, twins: Sequence[tuple[int, int]], tokenizer: Tokenizer,
@@ -211,14 +196,12 @@ def evaluate(module: Pretrainer, sets: Sequence[VideoEvalSet], tokenizer: Tokeni
     model = module.model
     for eval_set in sets:
         for frames in dict.fromkeys((cfg.task.frames, 1)):
-            rset, skipped = _retrieval_set(eval_set, frames)
-            if frames == cfg.task.frames and skipped:
-                notes.append(f"{eval_set.name}: {skipped:,} of {len(eval_set.captions):,} videos skipped: could not be decoded")
-            twins = [(a, b) for a, b in eval_set.twins if eval_set.load(a, frames) is not None
-                     and eval_set.load(b, frames) is not None]
-            position = {clip: k for k, clip in enumerate(i for i in range(len(eval_set.captions))
-                                                         if eval_set.load(i, frames) is not None)}
-            twins = [(position[a], position[b]) for a, b in twins]
+            rset, kept = _retrieval_set(eval_set, frames)
+            if frames == cfg.task.frames and rset.skipped_images:
+                notes.append(f"{eval_set.name}: {rset.skipped_images:,} of {len(eval_set.captions):,} videos skipped: "
+                             "could not be decoded")
+            position = {clip: k for k, clip in enumerate(kept)}  # twins whose two clips both decoded
+            twins = [(position[a], position[b]) for a, b in eval_set.twins if a in position and b in position]
             found = evaluate_retrieval(model, tokenizer, rset, cfg.eval, cfg.model.text.max_len,
                                        label=f"{label} T={frames}", show_progress=show_progress)
             extra = twin_accuracy(model, rset, twins, tokenizer, cfg)
