@@ -333,3 +333,17 @@ def test_ema_teacher() -> None:
     assert teacher["mlm"].decoder.weight is teacher["text"].word_embeddings.weight
     assert all(not p.requires_grad for p in teacher.parameters())
     assert "text" in teacher and "vision" not in teacher
+
+
+def test_position_and_temporal_init_scales_follow_the_config_and_keep_the_default_draws() -> None:
+    torch.manual_seed(0)
+    default = VisionTransformer(VisionConfig(image_size=16, patch_size=4, width=32, depth=1, heads=4, max_frames=4))
+    torch.manual_seed(0)
+    same = VisionTransformer(VisionConfig(image_size=16, patch_size=4, width=32, depth=1, heads=4, max_frames=4,
+                                          pos_init_std=0.02, temporal_init_std=0.02))
+    assert torch.equal(default.pos_embed, same.pos_embed) and torch.equal(default.temporal_embed, same.temporal_embed)
+    wide = VisionTransformer(VisionConfig(image_size=16, patch_size=4, width=32, depth=1, heads=4, max_frames=4,
+                                          pos_init_std=0.5, temporal_init_std=1.0))
+    assert 0.35 < wide.pos_embed.std().item() < 0.5 and wide.pos_embed.abs().max().item() <= 1.0
+    assert 0.7 < wide.temporal_embed.std().item() < 1.0 and wide.temporal_embed.abs().max().item() <= 2.0
+    assert default.cls_token.abs().max().item() <= 0.04

@@ -74,3 +74,21 @@ def test_a_pretrained_image_model_reads_clips_zero_shot(tmp_path):
     # the temporal embedding starts fresh, and its EMA copy starts equal to it (distillation reads the teacher)
     assert torch.equal(weights["model.vision.temporal_embed"], weights["model.teacher.models.vision.temporal_embed"])
     finetune_and_evaluate(cfg, evaluate=False, show_progress=False)
+
+
+def test_twin_training_clips_share_a_first_frame_and_are_batched_beside_their_twin(tmp_path):
+    from maskvlp.distributed import DistInfo
+    from maskvlp.engine.batches import StepBatches
+    from maskvlp.tasks.video_retrieval import reverse_motion, training_set
+
+    cfg = _cfg(tmp_path, "none", "task.train_twins=true", "task.train_clips=8")
+    data = training_set(cfg)
+    assert len(data) == 8 and data.pairs().tolist() == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    for a, b in data.pairs():
+        assert (data.clips[a][0] == data.clips[b][0]).all() and not (data.clips[a] == data.clips[b]).all()
+        assert data.captions_of(b) == [reverse_motion(c) for c in data.captions_of(a)]
+    batches = StepBatches(data, 4, seed=0, dist=DistInfo(), collate=lambda items: {"index": [i["index"] for i in items]})
+    first = batches[0]["index"]
+    assert first[0] // 2 == first[1] // 2 and first[2] // 2 == first[3] // 2
+    plain = training_set(_cfg(tmp_path, "none", "task.train_clips=8"))
+    assert plain.pairs() is None

@@ -22,6 +22,7 @@ RANGES: dict[str, Rule] = {
     "model.vision.image_size": at_least(1), "model.vision.patch_size": at_least(1),
     "model.vision.width": at_least(1), "model.vision.depth": at_least(0), "model.vision.heads": at_least(1),
     "model.vision.mlp_ratio": above(0), "model.vision.max_frames": at_least(1),
+    "model.vision.pos_init_std": above(0), "model.vision.temporal_init_std": above(0),
     "model.text.vocab_size": at_least(1), "model.text.width": at_least(1), "model.text.depth": at_least(0),
     "model.text.heads": at_least(1), "model.text.intermediate": at_least(1), "model.text.max_len": at_least(2),
     "model.fusion.depth": at_least(0), "model.embed_dim": at_least(1), "model.dropout": within(0, 0.99),

@@ -27,6 +27,8 @@ class VisionConfig:
     mlp_ratio: float = 4.0
     layer_norm_eps: float = 1e-6
     max_frames: int = 1  # >1 adds a temporal embedding (video); a picture is a one-frame video
+    pos_init_std: float = 0.02  # the position embedding's init (ViT: 0.02)
+    temporal_init_std: float = 0.02  # the temporal embedding's init
     # patch (ViT's linear patch projection) | conv (a small CNN inside each patch) | overlap (Xiao et al.'s
     # strided 3x3 convolutions over the whole image; reads shapes across patch borders, docs/design.md)
     # | efficientnet_lite0 (a hybrid ViT: EfficientNet-Lite0's first stages up to the patch stride, ImageNet
@@ -260,6 +262,7 @@ class TaskConfig:
     frames: int = 4  # video: frames per clip (SCL: 4); the model's vision.max_frames is raised to it
     frame_sampling: str = "random"  # video training: one random frame per segment (SCL) | uniform (segment middles); tests: uniform
     train_clips: int = 3000  # synthetic video: training clips of moving objects
+    train_twins: bool = False  # synthetic video: training clips as motion-twin pairs, each batched beside its twin (tried: no gain, docs/tasks.md)
     twins_file: str = ""  # video on files: [[video_id, twin video_id], ...] pairs scored as motion twins (optional)
 
 

@@ -79,6 +79,10 @@ class PretrainDataset(Dataset):
     def image_key_of(self, index: int) -> int:
         raise NotImplementedError
 
+    def pairs(self) -> Optional[np.ndarray]:
+        """(P, 2) item indices each batched beside the other (the engine's batches hold whole pairs), or None."""
+        return None
+
     def caption_index(self, index: int) -> int:
         """Which of ``captions_of(index)`` ``__getitem__`` shows this epoch, without loading the image:
         the first draw of the item's generator, as ``__getitem__`` makes it."""

@@ -11,6 +11,10 @@ With ``lexical_pool > 0`` (``data.batching=lexical``) half of each micro-batch a
 epoch's permutation and the other half their lexical partners (:mod:`maskvlp.data.lexical`): for
 each anchor, the caption of another image most similar to its own among a random pool, drawn from
 (seed, d) as well. Anchors and partners alternate, so every rank's share holds whole pairs.
+
+A data set that declares pairs of items to be shown together (``pairs()``: the world's motion twins,
+two clips with one first frame and opposite motions) is batched pair by pair: the epoch permutes the
+pairs and each micro-batch holds whole pairs, so every item meets its twin as an in-batch negative.
 """
 from __future__ import annotations
 
@@ -44,13 +48,24 @@ class StepBatches(torch.utils.data.Dataset):
         self.lexical_pool = int(lexical_pool)
         self.lexical: LexicalIndex | None = None
         self.anchors_per_batch = micro_batch
+        self.pairs: np.ndarray | None = None
+        declared = getattr(dataset, "pairs", None)
+        if self.lexical_pool == 0 and declared is not None and declared() is not None:
+            self.pairs = np.asarray(declared(), dtype=np.int64).reshape(-1, 2)
+            if micro_batch % (2 * dist.world_size):
+                raise DataError(f"the data set is batched in pairs: the batch per process "
+                                f"({micro_batch // dist.world_size}) must be even")
+            if 2 * len(self.pairs) < micro_batch:
+                raise DataError(f"the data set has {len(self.pairs)} pairs, fewer than one batch ({micro_batch // 2})")
+            self.anchors_per_batch = micro_batch // 2
         if self.lexical_pool > 0:
             if micro_batch % (2 * dist.world_size):
                 raise DataError(f"data.batching=lexical pairs every caption with a partner in the same process's share: "
                                 f"the batch per process ({micro_batch // dist.world_size}) must be even")
             self.lexical = LexicalIndex([dataset.captions_of(i) for i in range(len(dataset))])
             self.anchors_per_batch = micro_batch // 2
-        self.steps_per_epoch = len(dataset) // self.anchors_per_batch
+        units = len(dataset) if self.pairs is None else len(self.pairs)
+        self.steps_per_epoch = units // self.anchors_per_batch
 
     def __len__(self) -> int:  # effectively unbounded; the trainer decides when to stop
         return 2**62
@@ -60,8 +75,11 @@ class StepBatches(torch.utils.data.Dataset):
 
     def global_indices(self, d: int) -> np.ndarray:
         epoch, offset = divmod(d, self.steps_per_epoch)
-        order = np.random.default_rng([self.seed, epoch, 7]).permutation(len(self.dataset))
         k = self.anchors_per_batch
+        if self.pairs is not None:  # [a0, b0, a1, b1, ...]: whole pairs, so every rank's share holds them
+            order = np.random.default_rng([self.seed, epoch, 7]).permutation(len(self.pairs))
+            return self.pairs[order[offset * k:(offset + 1) * k]].reshape(-1)
+        order = np.random.default_rng([self.seed, epoch, 7]).permutation(len(self.dataset))
         anchors = order[offset * k:(offset + 1) * k]
         return anchors if self.lexical is None else self._with_partners(d, epoch, anchors)
 

@@ -167,9 +167,11 @@ class VisionTransformer(nn.Module):
         self.apply(init_weights)
         if isinstance(self.patch_embed, EfficientNetStem):
             self.patch_embed.init_trunk()
-        for p in (self.cls_token, self.pos_embed, self.mask_token, self.temporal_embed):
+        inits = ((self.cls_token, 0.02), (self.pos_embed, cfg.pos_init_std), (self.mask_token, 0.02),
+                 (self.temporal_embed, cfg.temporal_init_std))
+        for p, std in inits:  # this order keeps the draws of earlier runs
             if p is not None:
-                nn.init.trunc_normal_(p, std=0.02, a=-0.04, b=0.04)
+                nn.init.trunc_normal_(p, std=std, a=-2 * std, b=2 * std)
 
     @property
     def num_patches(self) -> int:

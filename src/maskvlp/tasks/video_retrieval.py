@@ -46,13 +46,18 @@ def _clip_tensor(frames: np.ndarray) -> torch.Tensor:
 class VideoTrainSet(PretrainDataset):
     """Clips with their captions; an item is ``task.frames`` frames (SCL: one random frame per segment, drawn
     per (seed, epoch, clip) so resuming is exact) and one caption. ``clips`` are rendered frames (synthetic)
-    or video files, decoded when the item is read (an unreadable one gives None: replaced and counted)."""
+    or video files, decoded when the item is read (an unreadable one gives None: replaced and counted).
+    With ``twins`` (pairs of item indices) the engine batches each clip beside its motion twin."""
 
     def __init__(self, clips: np.ndarray | Sequence[str], captions: Sequence[Sequence[str]], frames: int,
-                 sampling: str, image_size: int, seed: int = 0):
+                 sampling: str, image_size: int, seed: int = 0, twins: np.ndarray | None = None):
         super().__init__(seed)
         self.clips, self.captions = clips, [list(c) for c in captions]
         self.frames, self.sampling, self.image_size = frames, sampling, image_size
+        self.twins = twins
+
+    def pairs(self) -> np.ndarray | None:
+        return self.twins
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -79,12 +84,16 @@ class VideoTrainSet(PretrainDataset):
 def training_set(cfg: RunConfig, show_progress: bool = False) -> VideoTrainSet:
     """The world's clips of moving objects, or MSR-VTT-style annotation files (their train split)."""
     if cfg.task.source == "synthetic":
-        world = world_for(cfg)
-        with status(show_progress, f"rendering {cfg.task.train_clips:,} training clips"):
-            clips = [world.motion_clip("train", i) for i in range(cfg.task.train_clips)]
+        world, count = world_for(cfg), cfg.task.train_clips
+        with status(show_progress, f"rendering {count:,} training clips"):
+            if cfg.task.train_twins:  # twin pairs of the train split, batched together (docs/tasks.md, "Video")
+                clips = [clip for k in range(count // 2) for clip in world.motion_twin("train", k)]
+            else:
+                clips = [world.motion_clip("train", i) for i in range(count)]
             frames = np.stack([world.render_clip(c) for c in clips])
+        twins = np.arange(len(clips)).reshape(-1, 2) if cfg.task.train_twins else None
         return VideoTrainSet(frames, [c.captions for c in clips], cfg.task.frames, cfg.task.frame_sampling,
-                             cfg.model.vision.image_size, cfg.train.seed)
+                             cfg.model.vision.image_size, cfg.train.seed, twins)
     if not cfg.task.train_files:
         raise ConfigError("fine-tuning video retrieval on files needs task.train_files=[MSRVTT_data.json] and "
                           "task.train_image_root=<video folder>")
