@@ -83,6 +83,60 @@ def test_gradcam_equals_a_hand_computation_from_the_usual_forward(tmp_path):
     assert ((cam.match > 0) & (cam.match < 1)).all()
 
 
+def _merged_by_hand(model, images, ids, mask, layer: int) -> torch.Tensor:
+    """MLIM's single stream: the same rebuild from the usual forward, on the self-attention over [text; image],
+    of which the text rows' image columns are kept."""
+    attn = model.fusion.blocks[layer].attn
+    caught = {}
+
+    def query_input(_module, args):
+        caught["x"] = args[0]
+
+    def heads_output(_module, args):
+        args[0].retain_grad()
+        caught["y"] = args[0]
+
+    hooks = [attn.register_forward_pre_hook(query_input), attn.out.register_forward_pre_hook(heads_output)]
+    with torch.no_grad():
+        image = model.encode_image(images).tokens
+        text = model.encode_text(ids, mask).tokens
+    logits = model.itm_logits(text, mask, image)
+    logits[:, 1].sum().backward()
+    for h in hooks:
+        h.remove()
+    b, lt = ids.shape
+    full = torch.cat([mask.bool(), torch.ones(b, image.shape[1], dtype=torch.bool)], dim=1)
+
+    def unpacked(t: torch.Tensor) -> torch.Tensor:
+        if t.dim() == 3:
+            return t
+        out = t.new_zeros(b, full.shape[1], t.shape[-1])
+        out[full] = t
+        return out
+
+    x, dy = unpacked(caught["x"].detach()), unpacked(caught["y"].grad)
+    heads, hd = attn.heads, attn.head_dim
+    split = lambda t: t.view(t.shape[0], t.shape[1], heads, hd).transpose(1, 2)  # noqa: E731
+    q, k, v = split(attn.query(x)), split(attn.key(x)), split(attn.value(x))
+    scores = (q @ k.transpose(-2, -1) / math.sqrt(hd)).masked_fill(~full[:, None, None, :], float("-inf"))
+    weights = torch.softmax(scores, dim=-1)
+    grad = split(dy) @ v.transpose(-2, -1)
+    cams = (weights * grad.clamp(min=0)).mean(1)[:, :lt, lt + 1:] * mask.bool()[..., None]
+    g = model.vision.grid
+    model.zero_grad(set_to_none=True)
+    return cams.reshape(b, lt, g, g).detach()
+
+
+def test_single_stream_gradcam_reads_the_text_rows_image_columns(tmp_path):
+    model, images, ids, mask = _model(tmp_path, "model.fusion.mode=merged")
+    assert model.fusion.mode == "merged" and not bool(mask.all())
+    for layer in (0, 1):
+        cam = itm_gradcam(model, images, ids, mask, layer=layer)
+        torch.testing.assert_close(cam.token_maps, _merged_by_hand(model, images, ids, mask, layer), atol=1e-6, rtol=1e-4)
+        assert cam.token_maps.abs().sum() > 0
+    assert all(p.grad is None for p in model.parameters())
+
+
 def test_batched_maps_equal_one_row_at_a_time(tmp_path):
     model, images, ids, mask = _model(tmp_path)
     batched = itm_gradcam(model, images, ids, mask)
@@ -99,7 +153,7 @@ def test_layer_choice_and_models_without_a_usable_fusion(tmp_path):
     with pytest.raises(ValueError, match="not a fusion layer"):
         itm_gradcam(model, images, ids, mask, layer=2)
     cross, *_ = _model(tmp_path, "model.fusion.mode=cross")
-    with pytest.raises(ValueError, match="text stream's cross-attention"):
+    with pytest.raises(ValueError, match="how text tokens attend to image tokens"):
         itm_gradcam(cross, images, ids, mask)
 
 
