@@ -25,68 +25,10 @@ def _model(tmp_path, *extra: str):
     return model, images, tok.input_ids, tok.attention_mask
 
 
-def _by_hand(model, images, ids, mask, layer: int) -> torch.Tensor:
-    """The usual forward (no attention weights kept); hooks catch the layer's cross-attention query input and
-    the input of its output projection, and the weights and their gradient are rebuilt from those."""
-    block = model.fusion.blocks[layer]
-    caught = {}
-
-    def query_input(_module, args):
-        caught["x"] = args[0]
-
-    def heads_output(_module, args):
-        args[0].retain_grad()
-        caught["y"] = args[0]
-
-    hooks = [block.cross.register_forward_pre_hook(query_input), block.cross.out.register_forward_pre_hook(heads_output)]
-    with torch.no_grad():
-        image = model.encode_image(images).tokens
-        text = model.encode_text(ids, mask).tokens
-    logits = model.itm_logits(text, mask, image)
-    logits[:, 1].sum().backward()
-    for h in hooks:
-        h.remove()
-    b, lt = ids.shape
-    real = mask.bool()
-    attn = block.cross
-    heads, hd = attn.heads, attn.head_dim
-
-    def unpacked(t: torch.Tensor) -> torch.Tensor:  # packed (real tokens, D) rows back to (B, Lt, D)
-        if t.dim() == 3:
-            return t
-        full = t.new_zeros(b, lt, t.shape[-1])
-        full[real] = t
-        return full
-
-    x, dy = unpacked(caught["x"].detach()), unpacked(caught["y"].grad)
-    split = lambda t: t.view(t.shape[0], t.shape[1], heads, hd).transpose(1, 2)  # noqa: E731
-    q, k, v = split(attn.query(x)), split(attn.key(image)), split(attn.value(image))
-    weights = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(hd), dim=-1)  # every image token is real
-    grad = split(dy) @ v.transpose(-2, -1)  # dS/dW = dS/dy . V^T, per head
-    cams = (weights * grad.clamp(min=0)).mean(1)[..., 1:] * real[..., None]
-    g = model.vision.grid
-    model.zero_grad(set_to_none=True)
-    return cams.reshape(b, lt, g, g).detach()
-
-
-def test_gradcam_equals_a_hand_computation_from_the_usual_forward(tmp_path):
-    model, images, ids, mask = _model(tmp_path)
-    assert not bool(mask.all())  # the captions differ in length: padding is exercised
-    for layer in (0, 1):
-        cam = itm_gradcam(model, images, ids, mask, layer=layer)
-        expected = _by_hand(model, images, ids, mask, layer)
-        torch.testing.assert_close(cam.token_maps, expected, atol=1e-6, rtol=1e-4)
-        assert cam.token_maps.abs().sum() > 0 and (cam.token_maps >= 0).all()
-        per_text = expected.sum(1) / mask.sum(1)[:, None, None]
-        torch.testing.assert_close(cam.text_map, per_text, atol=1e-6, rtol=1e-4)
-    assert all(p.grad is None for p in model.parameters())  # Grad-CAM leaves no gradient on the model
-    assert ((cam.match > 0) & (cam.match < 1)).all()
-
-
-def _merged_by_hand(model, images, ids, mask, layer: int) -> torch.Tensor:
-    """MLIM's single stream: the same rebuild from the usual forward, on the self-attention over [text; image],
-    of which the text rows' image columns are kept."""
-    attn = model.fusion.blocks[layer].attn
+def _hooked_backward(model, images, ids, mask, attn) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The usual forward and backward of the ITM match logit (no attention weights kept); hooks catch the
+    query input of ``attn`` and the input of its output projection with its gradient. Returns the image
+    tokens and those two as they ran (packed to the real tokens where the block packs)."""
     caught = {}
 
     def query_input(_module, args):
@@ -104,27 +46,67 @@ def _merged_by_hand(model, images, ids, mask, layer: int) -> torch.Tensor:
     logits[:, 1].sum().backward()
     for h in hooks:
         h.remove()
-    b, lt = ids.shape
-    full = torch.cat([mask.bool(), torch.ones(b, image.shape[1], dtype=torch.bool)], dim=1)
+    return image, caught["x"].detach(), caught["y"].grad
 
-    def unpacked(t: torch.Tensor) -> torch.Tensor:
-        if t.dim() == 3:
-            return t
-        out = t.new_zeros(b, full.shape[1], t.shape[-1])
-        out[full] = t
-        return out
 
-    x, dy = unpacked(caught["x"].detach()), unpacked(caught["y"].grad)
+def _unpacked(t: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Packed (real tokens, D) rows back to (B, L, D) with zeros at padding; an unpacked tensor as it is."""
+    if t.dim() == 3:
+        return t
+    full = t.new_zeros(*real.shape, t.shape[-1])
+    full[real] = t
+    return full
+
+
+def _cams(attn, x: torch.Tensor, keys: torch.Tensor, dy: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+    """Weights times positive gradient, heads averaged: softmax(QK^T) rebuilt from the caught query input and
+    dS/dW = dS/dy . V^T per head."""
     heads, hd = attn.heads, attn.head_dim
     split = lambda t: t.view(t.shape[0], t.shape[1], heads, hd).transpose(1, 2)  # noqa: E731
-    q, k, v = split(attn.query(x)), split(attn.key(x)), split(attn.value(x))
-    scores = (q @ k.transpose(-2, -1) / math.sqrt(hd)).masked_fill(~full[:, None, None, :], float("-inf"))
-    weights = torch.softmax(scores, dim=-1)
+    q, k, v = split(attn.query(x)), split(attn.key(keys)), split(attn.value(keys))
+    scores = q @ k.transpose(-2, -1) / math.sqrt(hd)
+    if key_mask is not None:
+        scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
     grad = split(dy) @ v.transpose(-2, -1)
-    cams = (weights * grad.clamp(min=0)).mean(1)[:, :lt, lt + 1:] * mask.bool()[..., None]
-    g = model.vision.grid
+    return (torch.softmax(scores, dim=-1) * grad.clamp(min=0)).mean(1)
+
+
+def _by_hand(model, images, ids, mask, layer: int) -> torch.Tensor:
+    """ALBEF's maps rebuilt from the usual (SDPA) forward through hooks on the layer's cross-attention."""
+    attn = model.fusion.blocks[layer].cross
+    image, x, dy = _hooked_backward(model, images, ids, mask, attn)
+    real = mask.bool()
+    cams = _cams(attn, _unpacked(x, real), image, _unpacked(dy, real), None)  # every image token is real
+    cams = cams[..., 1:] * real[..., None]
     model.zero_grad(set_to_none=True)
-    return cams.reshape(b, lt, g, g).detach()
+    return cams.reshape(*ids.shape, model.vision.grid, model.vision.grid).detach()
+
+
+def test_gradcam_equals_a_hand_computation_from_the_usual_forward(tmp_path):
+    model, images, ids, mask = _model(tmp_path)
+    assert not bool(mask.all())  # the captions differ in length: padding is exercised
+    for layer in (0, 1):
+        cam = itm_gradcam(model, images, ids, mask, layer=layer)
+        expected = _by_hand(model, images, ids, mask, layer)
+        torch.testing.assert_close(cam.token_maps, expected, atol=1e-6, rtol=1e-4)
+        assert cam.token_maps.abs().sum() > 0 and (cam.token_maps >= 0).all()
+        per_text = expected.sum(1) / mask.sum(1)[:, None, None]
+        torch.testing.assert_close(cam.text_map, per_text, atol=1e-6, rtol=1e-4)
+    assert all(p.grad is None for p in model.parameters())  # Grad-CAM leaves no gradient on the model
+    assert ((cam.match > 0) & (cam.match < 1)).all()
+
+
+def _merged_by_hand(model, images, ids, mask, layer: int) -> torch.Tensor:
+    """MLIM's single stream: the same rebuild on the self-attention over [text; image], of which the text
+    rows' image columns are kept."""
+    attn = model.fusion.blocks[layer].attn
+    image, x, dy = _hooked_backward(model, images, ids, mask, attn)
+    b, lt = ids.shape
+    full = torch.cat([mask.bool(), torch.ones(b, image.shape[1], dtype=torch.bool)], dim=1)
+    x = _unpacked(x, full)
+    cams = _cams(attn, x, x, _unpacked(dy, full), full)[:, :lt, lt + 1:] * mask.bool()[..., None]
+    model.zero_grad(set_to_none=True)
+    return cams.reshape(b, lt, model.vision.grid, model.vision.grid).detach()
 
 
 def test_single_stream_gradcam_reads_the_text_rows_image_columns(tmp_path):
