@@ -121,3 +121,21 @@ def test_api_ground_picks_the_box_the_evaluation_picks(tmp_path):
     chosen = model.ground(pictures, [e.text for e in examples], [e.candidates for e in examples])
     expected, _ = grounding.predict(model.module, examples, test.images, load_tokenizer(), model.config)
     assert [examples[i].candidates[c] for i, c in enumerate(chosen)] == [expected[e.ref_id][0] for e in examples]
+
+
+def test_a_start_without_an_itm_head_fine_tunes_and_says_it_has_no_maps_of_its_own(tmp_path):
+    """mlim trains no ITM: fine-tuning gives it one (its single stream read by Grad-CAM), and its own maps are
+    a note in the report, not a crash; evaluating the pre-trained run alone is a one-line error."""
+    from maskvlp.config import ConfigError, load_config
+
+    pre = load_config("mlim", "tiny", [*TINY, "train.max_steps=1", f"output_dir={tmp_path / 'pre'}"])
+    train(pre, show_progress=False)
+    cfg = _cfg(tmp_path, str(tmp_path / "pre"), "train.max_steps=2")
+    assert cfg.model.fusion.mode == "merged"
+    _, rows = finetune_and_evaluate(cfg, show_progress=False)
+    assert "fine-tuned · test" in rows and not any(name.startswith("zero-shot") for name in rows)
+    report = (tmp_path / "grounding" / "eval" / "results.md").read_text()
+    assert "the mlim start has no ITM head" in report
+    with pytest.raises(ConfigError, match="fine-tune it first"):
+        evaluate_task_checkpoint(tmp_path / "pre", ["eval.num_images=10"], str(tmp_path / "zs"), show_progress=False,
+                                 task="grounding")

@@ -173,8 +173,12 @@ def evaluate_task_checkpoint(path: str | Path, overrides: list[str], output_dir:
     results, skipped = runner.evaluate(module, sets, tokenizer, cfg, label)
     notes.extend(skipped)
     if cfg.task.name == "grounding" and starts_from_checkpoint(cfg) and Path(cfg.task.init_from).is_dir():
-        start_rows, _ = grounding.evaluate(load_pretrainer(cfg.task.init_from), sets, tokenizer, cfg, "zero-shot (start)")
-        results.update(start_rows)
+        start_module = load_pretrainer(cfg.task.init_from)
+        if grounding.has_maps(start_module):
+            start_rows, _ = grounding.evaluate(start_module, sets, tokenizer, cfg, "zero-shot (start)")
+            results.update(start_rows)
+        else:
+            notes.append(f"zero-shot (start): none, the {cfg.task.init_recipe} start has no ITM head to take maps from")
     if cfg.task.name == "grounding":
         picture = grounding.save_examples(module, sets, tokenizer, cfg, out / "grounding_examples.png", title)
         if picture is not None and show_progress:

@@ -22,7 +22,7 @@ from maskvlp.data.tasks.grounding_data import GroundingTrainSet, SizedImages
 from maskvlp.data.tasks.refcoco_files import ReferFolder, read_grounding_test
 from maskvlp.data.tokenizer import Tokenizer
 from maskvlp.engine.pretrainer import Pretrainer
-from maskvlp.eval.gradcam import itm_gradcam
+from maskvlp.eval.gradcam import CAM_MODES, itm_gradcam
 from maskvlp.eval.heatmap import save_grounding_grid
 from maskvlp.eval.grounding_metric import FLOORS, choose_box, floor_hits, hit, map_at_image_size
 from maskvlp.tasks.common import EvalSet, batched, evaluate_sets, load_rows, status, synthetic_test_splits, world_for
@@ -71,6 +71,13 @@ def evaluation_sets(cfg: RunConfig, show_progress: bool = False) -> list[EvalSet
 
 def cam_layer(cfg: RunConfig) -> int | None:
     return None if cfg.task.cam_layer < 0 else cfg.task.cam_layer
+
+
+def has_maps(module: Pretrainer) -> bool:
+    """Whether the model has what Grad-CAM reads: an ITM head over a fusion whose text reads the image
+    (a pre-trained ``mlim`` has none: its recipe trains no ITM)."""
+    model = module.model
+    return model.has_fusion and model.fusion.mode in CAM_MODES
 
 
 Prediction = tuple[Box, tuple[int, int]]  # the chosen box and the image's own (width, height)
@@ -146,5 +153,9 @@ def report(predictions: dict[int, Prediction], examples: Sequence[GroundingExamp
 
 def evaluate(module: Pretrainer, sets: Sequence[EvalSet], tokenizer: Tokenizer, cfg: RunConfig,
              label: str) -> tuple[dict[str, dict[str, float]], list[str]]:
+    if not has_maps(module):
+        raise ConfigError(f"grounding reads Grad-CAM maps of an ITM head: this {cfg.recipe} model has none, or a fusion "
+                          f"({cfg.model.fusion.mode}) whose text does not read the image; fine-tune it first "
+                          "(maskvlp finetune grounding)")
     return evaluate_sets(sets, lambda s: predict(module, s.examples, s.images, tokenizer, cfg), lambda e: e.ref_id,
                          report, label, "expressions")
