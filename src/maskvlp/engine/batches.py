@@ -48,22 +48,18 @@ class StepBatches(torch.utils.data.Dataset):
         self.lexical_pool = int(lexical_pool)
         self.lexical: LexicalIndex | None = None
         self.anchors_per_batch = micro_batch
-        self.pairs: np.ndarray | None = None
-        declared = getattr(dataset, "pairs", None)
-        if self.lexical_pool == 0 and declared is not None and declared() is not None:
-            self.pairs = np.asarray(declared(), dtype=np.int64).reshape(-1, 2)
+        declared = dataset.pairs() if self.lexical_pool == 0 and hasattr(dataset, "pairs") else None
+        self.pairs: np.ndarray | None = None if declared is None else np.asarray(declared, dtype=np.int64).reshape(-1, 2)
+        if self.lexical_pool > 0 or self.pairs is not None:  # whole pairs in every process's share
             if micro_batch % (2 * dist.world_size):
-                raise DataError(f"the data set is batched in pairs: the batch per process "
-                                f"({micro_batch // dist.world_size}) must be even")
-            if 2 * len(self.pairs) < micro_batch:
-                raise DataError(f"the data set has {len(self.pairs)} pairs, fewer than one batch ({micro_batch // 2})")
+                why = ("data.batching=lexical pairs every caption with a partner in the same process's share"
+                       if self.lexical_pool > 0 else "the data set is batched in pairs")
+                raise DataError(f"{why}: the batch per process ({micro_batch // dist.world_size}) must be even")
             self.anchors_per_batch = micro_batch // 2
+        if self.pairs is not None and 2 * len(self.pairs) < micro_batch:
+            raise DataError(f"the data set has {len(self.pairs)} pairs, fewer than one batch ({micro_batch // 2})")
         if self.lexical_pool > 0:
-            if micro_batch % (2 * dist.world_size):
-                raise DataError(f"data.batching=lexical pairs every caption with a partner in the same process's share: "
-                                f"the batch per process ({micro_batch // dist.world_size}) must be even")
             self.lexical = LexicalIndex([dataset.captions_of(i) for i in range(len(dataset))])
-            self.anchors_per_batch = micro_batch // 2
         units = len(dataset) if self.pairs is None else len(self.pairs)
         self.steps_per_epoch = units // self.anchors_per_batch
 

@@ -33,6 +33,11 @@ class GradCam:
     match: torch.Tensor
 
 
+def has_gradcam(model: VLPModel) -> bool:
+    """Whether the model has what Grad-CAM reads: an ITM head over a fusion whose text tokens read the image."""
+    return model.fusion is not None and model.itm_head is not None and model.fusion.mode in CAM_MODES
+
+
 def default_cam_layer(depth: int) -> int:
     """ALBEF's layer (BERT layer 8: index 2 of its 6 fusion layers), or the last of a shallower fusion. On
     the tiny 2-layer fusion the first layer's maps spread over the background and the last one's sit on
@@ -46,7 +51,7 @@ def itm_gradcam(model: VLPModel, images: torch.Tensor, input_ids: torch.Tensor, 
     fusion = model.fusion
     if fusion is None or model.itm_head is None:
         raise ValueError("Grad-CAM needs a fusion encoder and an ITM head (a dual encoder has neither)")
-    if fusion.mode not in CAM_MODES:
+    if not has_gradcam(model):
         raise ValueError(f"Grad-CAM reads how text tokens attend to image tokens ({', '.join(CAM_MODES)} fusion); "
                          f"this model fuses with {fusion.mode}")
     depth = len(fusion.blocks)

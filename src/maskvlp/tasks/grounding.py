@@ -22,7 +22,7 @@ from maskvlp.data.tasks.grounding_data import GroundingTrainSet, SizedImages
 from maskvlp.data.tasks.refcoco_files import ReferFolder, read_grounding_test
 from maskvlp.data.tokenizer import Tokenizer
 from maskvlp.engine.pretrainer import Pretrainer
-from maskvlp.eval.gradcam import CAM_MODES, itm_gradcam
+from maskvlp.eval.gradcam import has_gradcam, itm_gradcam
 from maskvlp.eval.heatmap import save_grounding_grid
 from maskvlp.eval.grounding_metric import FLOORS, choose_box, floor_hits, hit, map_at_image_size
 from maskvlp.tasks.common import EvalSet, batched, evaluate_sets, load_rows, status, synthetic_test_splits, world_for
@@ -76,8 +76,7 @@ def cam_layer(cfg: RunConfig) -> int | None:
 def has_maps(module: Pretrainer) -> bool:
     """Whether the model has what Grad-CAM reads: an ITM head over a fusion whose text reads the image
     (a pre-trained ``mlim`` has none: its recipe trains no ITM)."""
-    model = module.model
-    return model.has_fusion and model.fusion.mode in CAM_MODES
+    return has_gradcam(module.model)
 
 
 Prediction = tuple[Box, tuple[int, int]]  # the chosen box and the image's own (width, height)
