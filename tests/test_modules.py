@@ -347,3 +347,35 @@ def test_position_and_temporal_init_scales_follow_the_config_and_keep_the_defaul
     assert 0.35 < wide.pos_embed.std().item() < 0.5 and wide.pos_embed.abs().max().item() <= 1.0
     assert 0.7 < wide.temporal_embed.std().item() < 1.0 and wide.temporal_embed.abs().max().item() <= 2.0
     assert default.cls_token.abs().max().item() <= 0.04
+
+
+def test_sincos_positions_are_fixed_at_the_tokens_scale_and_encode_row_and_column() -> None:
+    cfg = VisionConfig(image_size=16, patch_size=4, width=32, depth=1, heads=4, max_frames=3, pos_embed="sincos")
+    vit = VisionTransformer(cfg)
+    pos = vit.pos_embed[0]
+    assert torch.equal(pos[0], torch.zeros(32))  # the CLS sits nowhere
+    # patch (row r, col c) = [sin(r f), cos(r f), sin(c f), cos(c f)] with f = 1 / 10000^(i/8), i < 8
+    f = 1.0 / 10000 ** (torch.arange(8, dtype=torch.float64) / 8)
+    for r, c in ((0, 0), (1, 2), (3, 1)):
+        want = torch.cat([(r * f).sin(), (r * f).cos(), (c * f).sin(), (c * f).cos()]).float()
+        torch.testing.assert_close(pos[1 + 4 * r + c], want)
+    torch.testing.assert_close(pos[1:].norm(dim=1), torch.full((16,), 4.0))  # sqrt(width / 2)
+    frames = torch.arange(3, dtype=torch.float64)[:, None] * (1.0 / 10000 ** (torch.arange(16) / 16))[None]
+    torch.testing.assert_close(vit.temporal_embed[0], torch.cat([frames.sin(), frames.cos()], 1).float())
+    assert not vit.pos_embed.requires_grad and not vit.temporal_embed.requires_grad
+    clips = torch.randn(2, 3, 3, 16, 16)
+    vit(clips).tokens.sum().backward()
+    assert vit.pos_embed.grad is None and vit.temporal_embed.grad is None
+    assert all(p.grad is not None for p in vit.blocks.parameters())
+    with pytest.raises(ValueError, match="divisible by 4"):
+        VisionTransformer(VisionConfig(image_size=16, patch_size=4, width=30, depth=1, heads=3, pos_embed="sincos"))
+
+
+def test_a_position_embedding_that_does_not_exist_is_refused_up_front() -> None:
+    from maskvlp.config import ConfigError, RunConfig
+    from maskvlp.config.checks import validate
+
+    cfg = RunConfig()
+    cfg.model.vision.pos_embed = "rope"
+    with pytest.raises(ConfigError, match="model.vision.pos_embed"):
+        validate(cfg)

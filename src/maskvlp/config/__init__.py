@@ -19,7 +19,7 @@ from maskvlp.config.objective_params import (
     ObjectiveParams, SCLParams, SemMIMParams, SimlaMIMParams, SimlaPSLParams, objective_params,
 )
 from maskvlp.config.schema import (
-    BATCHINGS, DATA_SOURCES, FRAME_SAMPLINGS, FUSION_MODES, ITM_SCORES, MODEL_SIZES, OVERLAPPING_STEMS, PRECISIONS, STEM_INITS,
+    BATCHINGS, DATA_SOURCES, FRAME_SAMPLINGS, FUSION_MODES, ITM_SCORES, MODEL_SIZES, OVERLAPPING_STEMS, POS_EMBEDS, PRECISIONS, STEM_INITS,
     STEMS, TASK_SOURCES, TASKS, TEXT_INITS, DataConfig, EvalConfig, FusionConfig, ModelConfig, ObjectiveConfig,
     RunConfig, TaskConfig, TextConfig,
     TrainConfig, VisionConfig, WorldConfig, model_size,
@@ -27,7 +27,7 @@ from maskvlp.config.schema import (
 
 __all__ = [
     "BATCHINGS", "DATA_SOURCES", "FRAME_SAMPLINGS", "FUSION_MODES", "ITM_SCORES", "MODEL_SIZES", "OBJECTIVE_NAMES", "OBJECTIVE_PARAMS",
-    "OVERLAPPING_STEMS", "PRECISIONS", "RANGES", "SECTIONS", "STEM_INITS", "STEMS", "TASK_SOURCES", "TASKS", "TEXT_INITS",
+    "OVERLAPPING_STEMS", "POS_EMBEDS", "PRECISIONS", "RANGES", "SECTIONS", "STEM_INITS", "STEMS", "TASK_SOURCES", "TASKS", "TEXT_INITS",
     "TEXT_NEGATIVES",
     "ConfigError", "DataConfig", "EvalConfig", "FusionConfig", "ITCParams", "ITMParams", "MAMOParams", "MLIMParams",
     "MLMParams", "ModelConfig", "ObjectiveConfig", "ObjectiveParams", "RunConfig", "SCLParams", "SemMIMParams",

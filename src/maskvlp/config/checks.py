@@ -11,7 +11,8 @@ from maskvlp.config.objective_params import (
 )
 from maskvlp.config.rules import Rule, above, at_least, check_choice, check_rule, within
 from maskvlp.config.schema import (
-    BATCHINGS, DATA_SOURCES, FRAME_SAMPLINGS, FUSION_MODES, ITM_SCORES, PRECISIONS, STEM_INITS, STEMS, TASK_SOURCES, TASKS, TEXT_INITS,
+    BATCHINGS, DATA_SOURCES, FRAME_SAMPLINGS, FUSION_MODES, ITM_SCORES, POS_EMBEDS, PRECISIONS, STEM_INITS, STEMS,
+    TASK_SOURCES, TASKS, TEXT_INITS,
     RunConfig,
 )
 
@@ -84,6 +85,7 @@ def validate(cfg: RunConfig) -> None:
     check_choice("train.precision", cfg.train.precision, PRECISIONS)
     check_choice("model.text.pool", cfg.model.text.pool, ("cls", "mean"))
     check_choice("model.vision.stem", cfg.model.vision.stem, STEMS)
+    check_choice("model.vision.pos_embed", cfg.model.vision.pos_embed, POS_EMBEDS)
     check_choice("model.vision.stem_init", cfg.model.vision.stem_init, STEM_INITS)
     if cfg.model.vision.stem == "efficientnet_lite0" and cfg.model.vision.patch_size not in (2, 4, 8, 16, 32):
         raise ConfigError(f"model.vision.stem=efficientnet_lite0 needs model.vision.patch_size 2, 4, 8, 16 or 32, "

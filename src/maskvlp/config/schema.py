@@ -29,6 +29,9 @@ class VisionConfig:
     max_frames: int = 1  # >1 adds a temporal embedding (video); a picture is a one-frame video
     pos_init_std: float = 0.02  # the position embedding's init (ViT: 0.02)
     temporal_init_std: float = 0.02  # the temporal embedding's init
+    # learned (ViT: trained from a small random init) | sincos (fixed 2D sine-cosine positions and 1D frame
+    # positions at the tokens' scale, as MAE / MoCo v3; docs/design.md, "Where a token sits")
+    pos_embed: str = "learned"
     # patch (ViT's linear patch projection) | conv (a small CNN inside each patch) | overlap (Xiao et al.'s
     # strided 3x3 convolutions over the whole image; reads shapes across patch borders, docs/design.md)
     # | efficientnet_lite0 (a hybrid ViT: EfficientNet-Lite0's first stages up to the patch stride, ImageNet
@@ -39,6 +42,7 @@ class VisionConfig:
 
 
 STEMS = ("patch", "conv", "overlap", "efficientnet_lite0")
+POS_EMBEDS = ("learned", "sincos")
 STEM_INITS = ("pretrained", "scratch")
 # a token reads its neighbours' pixels: hidden patches are zeroed first
 OVERLAPPING_STEMS = ("overlap", "efficientnet_lite0")

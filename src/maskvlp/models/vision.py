@@ -31,6 +31,24 @@ from maskvlp.models.efficientnet import EfficientNetStem
 from maskvlp.models.transformer import Block, init_weights
 
 
+def sincos_1d(positions: Tensor, dim: int) -> Tensor:
+    """(P,) positions -> (P, dim): half sines, half cosines at frequencies 1 / 10000^(2i/dim) (Transformer)."""
+    if dim % 2:
+        raise ValueError(f"a sine-cosine embedding needs an even width, got {dim}")
+    freq = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim // 2))
+    angles = positions.to(torch.float64)[:, None] * freq[None]
+    return torch.cat([angles.sin(), angles.cos()], dim=1).float()
+
+
+def sincos_2d(grid: int, dim: int) -> Tensor:
+    """(grid*grid, dim) for a row-major patch grid: the first half of the width encodes the row, the second
+    the column (MAE's fixed embedding); every entry in [-1, 1], a token's norm sqrt(dim / 2)."""
+    if dim % 4:
+        raise ValueError(f"a 2D sine-cosine embedding needs a width divisible by 4, got {dim}")
+    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    return torch.cat([sincos_1d(rows.flatten(), dim // 2), sincos_1d(cols.flatten(), dim // 2)], dim=1)
+
+
 @dataclass
 class VisionOutput:
     tokens: Tensor  # (B, 1 [+ T] + K, D) with keep_idx, else (B, 1 [+ T] + T*N, D); global CLS first, final LayerNorm
@@ -172,6 +190,23 @@ class VisionTransformer(nn.Module):
         for p, std in inits:  # this order keeps the draws of earlier runs
             if p is not None:
                 nn.init.trunc_normal_(p, std=std, a=-2 * std, b=2 * std)
+        if cfg.pos_embed == "sincos":
+            self._fix_sincos_positions()
+        elif cfg.pos_embed != "learned":
+            raise ValueError(f"model.vision.pos_embed must be learned or sincos, got {cfg.pos_embed!r}")
+
+    def _fix_sincos_positions(self) -> None:
+        """Fixed positions at the stem tokens' scale: the patches' 2D sine-cosine embedding (the CLS at
+        zero), the frames' 1D one. A learned embedding starts at norm ~0.25 beside tokens of norm ~10 and
+        barely grows in a few hundred steps, so where a token sits is ~2% of it (docs/design.md)."""
+        with torch.no_grad():
+            self.pos_embed.zero_()
+            self.pos_embed[0, 1:] = sincos_2d(self.grid, self.width)
+            if self.temporal_embed is not None:
+                self.temporal_embed.copy_(sincos_1d(torch.arange(self.cfg.max_frames), self.width)[None])
+        self.pos_embed.requires_grad_(False)
+        if self.temporal_embed is not None:
+            self.temporal_embed.requires_grad_(False)
 
     @property
     def num_patches(self) -> int:
