@@ -67,8 +67,8 @@ def test_batched_itm_rerank_equals_a_per_pair_loop(tmp_path, itm_score):
     from maskvlp.eval.retrieval import itm_scorer
 
     score = itm_scorer(model, images, texts)
-    pairs_i = torch.tensor([0, 3, 5, 7])
-    pairs_t = torch.tensor([1, 10, 2, 30])
+    pairs_i = torch.tensor([0, 3, 5, 7, 3, 0, 3])  # images repeat: each is projected once per sub-batch
+    pairs_t = torch.tensor([1, 10, 2, 30, 4, 9, 1])
     batched = score(pairs_i, pairs_t)
     single = torch.tensor([_itm_one_pair(model, tok, rset, int(i), rset.texts[int(t)]) for i, t in zip(pairs_i, pairs_t)])
     assert torch.allclose(batched, single, atol=1e-5)

@@ -23,7 +23,7 @@ from maskvlp.eval.rerank import recall_from_two, rerank_both, rerank_both_cost
 from maskvlp.engine.logging import task_progress
 from maskvlp.models.vlp import Encoded, VLPModel
 
-RERANK_CHUNK = 4096  # pairs handed to the scorer at once; it sub-batches them by text length
+RERANK_CHUNK = 4096  # pairs handed to the scorer at once; it sub-batches them image by image
 
 
 @dataclass
@@ -87,8 +87,11 @@ def itm_scorer(model: VLPModel, images: EncodedImages, texts: EncodedTexts, batc
     """score(image_idx, text_idx) from the fusion encoder's ITM head, for pairs in bulk: ``log_p`` = log
     p(match), ``logit`` = the raw match logit (what ALBEF adds the ITC similarity to when re-ranking).
 
-    Pairs are run in sub-batches of similar text length, each trimmed to its longest text, so little
-    work is spent on padding (it cannot change a result: padded keys are masked out).
+    Pairs are run in sub-batches of one image after another, each trimmed to its longest text: the fusion
+    projects each image of a sub-batch to keys and values once (``image_index``), not once per pair, and
+    its blocks skip the text padding (which cannot change a result: padded keys are masked out). A
+    re-rank hands over pairs sorted by image (:func:`rerank_both`), ~40 per image here, so a sub-batch
+    of 128 pairs shows ~4 images.
     """
     if score not in ("log_p", "logit"):
         raise ValueError(f"score must be log_p or logit, got {score!r}")
@@ -96,13 +99,14 @@ def itm_scorer(model: VLPModel, images: EncodedImages, texts: EncodedTexts, batc
 
     @torch.no_grad()
     def score_pairs(image_idx: torch.Tensor, text_idx: torch.Tensor) -> torch.Tensor:
-        order = torch.argsort(lengths[text_idx], stable=True)
+        order = torch.argsort(image_idx, stable=True)
         out = torch.empty(len(text_idx), device=texts.tokens.device)
         for start in range(0, len(order), batch_size):
             sel = order[start:start + batch_size]
-            t, i = text_idx[sel], image_idx[sel]
+            t, (shown, index) = text_idx[sel], torch.unique(image_idx[sel], return_inverse=True)
             length = int(lengths[t].max())
-            logits = model.itm_logits(texts.tokens[t, :length], texts.mask[t, :length], images.tokens[i])
+            logits = model.itm_logits(texts.tokens[t, :length], texts.mask[t, :length], images.tokens[shown],
+                                      image_index=index)
             out[sel] = F.log_softmax(logits.float(), dim=-1)[:, 1] if score == "log_p" else logits[:, 1].float()
         return out
 
