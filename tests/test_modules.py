@@ -196,6 +196,28 @@ def test_video_attention_keeps_patches_in_their_frame_and_lets_cls_see_all() -> 
     assert vit(video, keep_idx=keep).tokens.shape == (1, 1 + 3 + 6, 32)
 
 
+def test_patch_time_attention_adds_the_same_position_in_other_frames_only() -> None:
+    """TimeSformer's time attention folded in: a patch also sees the patches at its position in the other
+    frames, nothing else more. With one block, a patch's output then depends on its own position in another
+    frame and on no other patch of that frame; the pattern against a brute-force loop, patches dropped."""
+    vit = tiny_vision(max_frames=3, depth=1, patch_time_attention=True)
+    video = torch.randn(1, 3, 3, 16, 16)
+    changed = video.clone()
+    changed[:, 1, :, :4, :4] += 1.0  # frame 1's patch 0 (top-left 4x4) only
+    a, b = vit(video).tokens, vit(changed).tokens
+    patch = lambda t, f, p: t[:, 1 + 3 + 16 * f + p]  # noqa: E731
+    assert not torch.allclose(patch(a, 0, 0), patch(b, 0, 0))  # frame 0's patch 0 saw frame 1's patch 0
+    torch.testing.assert_close(patch(a, 0, 5), patch(b, 0, 5), atol=1e-6, rtol=0)  # others did not
+    keep = torch.tensor([[0, 5, 16, 21, 37, 40]])
+    pattern = vit.frame_pattern(1, 3, keep, torch.device("cpu"))[0]
+    frame = [0, 1, 2] + [int(k) // 16 for k in keep[0]]
+    place = [-1, -1, -1] + [int(k) % 16 for k in keep[0]]
+    for i in range(len(frame)):
+        for j in range(len(frame)):
+            want = i < 3 or frame[i] == frame[j] or (j >= 3 and place[i] == place[j])
+            assert bool(pattern[i, j]) == want, (i, j)
+
+
 # ------------------------------------------------------------------------------------ text and fusion
 def test_text_padding_does_not_leak() -> None:
     text = tiny_text()

@@ -32,6 +32,9 @@ class VisionConfig:
     # learned (ViT: trained from a small random init) | sincos (fixed 2D sine-cosine positions and 1D frame
     # positions at the tokens' scale, as MAE / MoCo v3; docs/design.md, "Where a token sits")
     pos_embed: str = "learned"
+    # clips: a patch also attends to the patches at its position in the other frames (TimeSformer's time
+    # attention; SCL's encoder lets a patch see its own frame only; docs/tasks.md, "Video")
+    patch_time_attention: bool = False
     # patch (ViT's linear patch projection) | conv (a small CNN inside each patch) | overlap (Xiao et al.'s
     # strided 3x3 convolutions over the whole image; reads shapes across patch borders, docs/design.md)
     # | efficientnet_lite0 (a hybrid ViT: EfficientNet-Lite0's first stages up to the patch stride, ImageNet

@@ -308,14 +308,20 @@ class VisionTransformer(nn.Module):
 
     def frame_pattern(self, batch: int, frames: int, keep_idx: Tensor | None, device: torch.device) -> Tensor:
         """(B, L, L) bool, True = may attend, over ``[CLS_1..CLS_T, patches]``: a CLS sees every token, a patch
-        only the tokens of its own frame (SCL's video attention)."""
+        the tokens of its own frame (SCL's video attention) and, with ``cfg.patch_time_attention``, also the
+        patches at its own position in the other frames (TimeSformer's time attention, folded into the one
+        attention: a patch can then see what changed where it sits)."""
         n = self.num_patches
-        patch_frame = (keep_idx if keep_idx is not None
-                       else torch.arange(frames * n, device=device).expand(batch, -1)) // n
-        token_frame = torch.cat([torch.arange(frames, device=device).expand(batch, -1), patch_frame], dim=1)
+        patch_index = keep_idx if keep_idx is not None else torch.arange(frames * n, device=device).expand(batch, -1)
+        token_frame = torch.cat([torch.arange(frames, device=device).expand(batch, -1), patch_index // n], dim=1)
         is_cls = torch.zeros_like(token_frame, dtype=torch.bool)
         is_cls[:, :frames] = True
-        return is_cls[:, :, None] | (token_frame[:, :, None] == token_frame[:, None, :])
+        pattern = is_cls[:, :, None] | (token_frame[:, :, None] == token_frame[:, None, :])
+        if self.cfg.patch_time_attention:
+            where = torch.cat([torch.full((batch, frames), -1, device=device), patch_index % n], dim=1)
+            same_place = (where[:, :, None] == where[:, None, :]) & ~is_cls[:, :, None] & ~is_cls[:, None, :]
+            pattern = pattern | same_place
+        return pattern
 
     @staticmethod
     def frames_in(tokens: int, num_patches: int) -> int:
