@@ -318,9 +318,9 @@ class VisionTransformer(nn.Module):
         is_cls[:, :frames] = True
         pattern = is_cls[:, :, None] | (token_frame[:, :, None] == token_frame[:, None, :])
         if self.cfg.patch_time_attention:
+            # a CLS sits at place -1: it already sees everything, and no patch shares its place
             where = torch.cat([torch.full((batch, frames), -1, device=device), patch_index % n], dim=1)
-            same_place = (where[:, :, None] == where[:, None, :]) & ~is_cls[:, :, None] & ~is_cls[:, None, :]
-            pattern = pattern | same_place
+            pattern = pattern | (where[:, :, None] == where[:, None, :])
         return pattern
 
     @staticmethod
