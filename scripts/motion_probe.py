@@ -21,23 +21,18 @@ import torch
 import torch.nn.functional as F
 
 
-def _clip_tensor(world, clip, frame_indices: list[int]) -> torch.Tensor:
-    from maskvlp.data.transforms import to_tensor
-
-    return torch.stack([to_tensor(frame) for frame in world.render_clip(clip)[frame_indices]])
-
-
 def twin_differences(model, world, pairs: int, frames: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Per test twin pair, feature(A) - feature(B) of each feature kind, and whether A goes left or up."""
-    from maskvlp.data.video import sample_frame_indices
+    """Per test twin pair, feature(A) - feature(B) of each feature kind, and whether A goes left or up. The
+    clips and frames are the video evaluation's own (``synthetic_eval_set``: the twin score's inputs)."""
+    from maskvlp.tasks.video_retrieval import synthetic_eval_set
 
-    indices = sample_frame_indices(world.clip_frames, frames, "uniform")
+    clips = synthetic_eval_set(world, "test", pairs)
     diffs: dict[str, list[np.ndarray]] = {"global token": [], "ITC embedding": [], "frame CLS tokens": []}
     labels = []
     with torch.no_grad():
-        for i in range(pairs):
-            a, b = world.motion_twin("test", i)
-            enc = model.encode_image(torch.stack([_clip_tensor(world, c, indices) for c in (a, b)]))
+        for i, (first, second) in enumerate(clips.twins):
+            a, _ = world.motion_twin("test", i)
+            enc = model.encode_image(torch.stack([clips.load(first, frames), clips.load(second, frames)]))
             for name, feature in (("global token", enc.tokens[:, 0]), ("ITC embedding", enc.embed),
                                   ("frame CLS tokens", enc.tokens[:, 1:1 + frames].flatten(1))):
                 diffs[name].append((feature[0] - feature[1]).numpy())

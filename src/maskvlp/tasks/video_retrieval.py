@@ -115,7 +115,9 @@ class VideoEvalSet:
     twins: list[tuple[int, int]]
 
 
-def _synthetic_set(world, split: str, pairs: int) -> VideoEvalSet:
+def synthetic_eval_set(world, split: str, pairs: int) -> VideoEvalSet:
+    """The world's first ``pairs`` motion-twin pairs of ``split``: clips 2k and 2k+1 are twin pair k
+    (``world.motion_twin(split, k)``), rendered once; what evaluation and scripts/motion_probe.py read."""
     clips = [clip for k in range(pairs) for clip in world.motion_twin(split, k)]
     frames = [world.render_clip(c) for c in clips]
 
@@ -154,7 +156,7 @@ def evaluation_sets(cfg: RunConfig, show_progress: bool = False) -> list[VideoEv
     if cfg.task.source == "synthetic":
         world = world_for(cfg, test_scenes=cfg.eval.num_images)
         with status(show_progress, "rendering the test clips"):
-            return [_synthetic_set(world, split, max(1, num // 2)) for split, num in
+            return [synthetic_eval_set(world, split, max(1, num // 2)) for split, num in
                     synthetic_test_splits(world, cfg.eval.num_images)]
     if not cfg.task.test_files:
         raise ConfigError("evaluating video retrieval on files needs task.test_files=[MSRVTT_JSFUSION_test.csv or "
